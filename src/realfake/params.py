@@ -1,0 +1,185 @@
+"""Load params.yaml once into typed, validated objects.
+
+Every error names the offending key (dotted, as `dvc exp run -S` spells it) and the allowed values, and is raised
+before any stage does work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from realfake.errors import ParamsError
+from realfake.prepare import AUGMENTATIONS
+
+DATA_SOURCES = ("kaggle", "archive")
+STRATEGIES = ("auto", "default", "mirrored")
+OPTIMIZERS = ("adam", "adamax", "adamw", "sgd")
+
+
+# ----------------------------------------------------------------------------- generic dataclass loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ParamsError(f"{key}: {value!r} is not allowed; use one of {', '.join(map(str, args))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ParamsError(f"{key}: expected a list, got {value!r}")
+        return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return load_section(tp, value, key)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (str, bool) and isinstance(value, tp):
+        return value
+    raise ParamsError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def load_section(cls: type, raw: Any, key: str):
+    """Build dataclass `cls` from a mapping, refusing unknown and missing keys."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{key}: expected a mapping of settings, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ParamsError(f"{key}: unknown key(s) {', '.join(unknown)}; allowed keys: {', '.join(sorted(fields))}")
+    missing = sorted(fields - set(raw))
+    if missing:
+        raise ParamsError(f"{key}: missing key(s) {', '.join(f'{key}.{m}' for m in missing)}")
+    values = {name: _convert(raw[name], hints[name], f"{key}.{name}") for name in fields}
+    obj = cls(**values)
+    check = getattr(obj, "validate", None)
+    if check:
+        check(key)
+    return obj
+
+
+def require_positive(key: str, **values: float) -> None:
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise ParamsError(f"{key}.{name}: must be greater than 0, got {value}")
+
+
+def require_fraction(key: str, **values: float) -> None:
+    for name, value in values.items():
+        if not 0 <= value < 1:
+            raise ParamsError(f"{key}.{name}: must be in [0, 1), got {value}")
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseParams:
+    seed: int
+    image_size: int
+    mlflow_experiment: str
+
+    def validate(self, key: str) -> None:
+        require_positive(key, image_size=self.image_size)
+        if self.seed < 0:
+            raise ParamsError(f"{key}.seed: must be >= 0, got {self.seed}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParams:
+    source: Literal["kaggle", "archive"]
+    kaggle_dataset: str
+    archive: str | None
+    archive_sha256: str | None
+
+    def validate(self, key: str) -> None:
+        if self.source == "archive" and not self.archive:
+            raise ParamsError(
+                f"{key}.archive: required when {key}.source is 'archive'; "
+                f"set it with: dvc exp run -S data.source=archive -S data.archive=PATH_OR_URL"
+            )
+        sha = self.archive_sha256
+        if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
+            raise ParamsError(f"{key}.archive_sha256: expected 64 hex digits or null, got {sha!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareParams:
+    per_class: int
+    val_fraction: float
+    augment: tuple[str, ...]
+    drop_test_overlap: bool
+
+    def validate(self, key: str) -> None:
+        require_positive(key, per_class=self.per_class)
+        require_fraction(key, val_fraction=self.val_fraction)
+        if self.val_fraction == 0:
+            raise ParamsError(f"{key}.val_fraction: must be > 0 (model selection needs a validation split)")
+        for name in self.augment:
+            if name not in AUGMENTATIONS:
+                raise ParamsError(f"{key}.augment: unknown augmentation {name!r}; allowed: {', '.join(AUGMENTATIONS)}")
+        if len(set(self.augment)) != len(self.augment):
+            raise ParamsError(f"{key}.augment: lists an augmentation twice: {list(self.augment)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    base: BaseParams
+    data: DataParams
+    prepare: PrepareParams
+    raw: dict  # the whole file as read, for sections typed elsewhere and for MLflow
+
+
+SECTIONS = {"base": BaseParams, "data": DataParams, "prepare": PrepareParams}
+
+
+def load_params(path: Path, sections: typing.Iterable[str] | None = None) -> Params:
+    """Read and validate params.yaml. `sections` limits validation to what a stage uses (None = all typed)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: params file not found") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    wanted = set(SECTIONS) if sections is None else set(sections)
+    loaded = {}
+    for name, cls in SECTIONS.items():
+        if name in wanted:
+            if name not in raw:
+                raise ParamsError(f"{path}: missing section {name!r}")
+            loaded[name] = load_section(cls, raw[name], name)
+        else:
+            loaded[name] = None
+    return Params(**loaded, raw=raw)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become their string form (MLflow params are strings)."""
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    if dataclasses.is_dataclass(tree):
+        return flatten(dataclasses.asdict(tree), prefix)
+    return {prefix.rstrip("."): tree}

@@ -1,0 +1,52 @@
+"""Every path of the pipeline, anchored at a repository root that the caller passes in."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class ProjectPaths:
+    root: Path
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def raw_dataset(self) -> Path:
+        return self.root / "data" / "raw" / "cifake.npz"
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    def prepared_split(self, split: str) -> Path:
+        return self.prepared / f"{split}.npz"
+
+    @property
+    def download_cache(self) -> Path:
+        """Downloaded archives; outside DVC's outputs so a failed or repeated stage does not fetch them again."""
+        return self.root / ".cache" / "downloads"
+
+    @property
+    def state(self) -> Path:
+        """Resumable training state; outside DVC's outputs, which DVC deletes before it runs a stage."""
+        return self.root / ".cache" / "state"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"

@@ -1,0 +1,34 @@
+"""What every stage script shares: logging set-up, and user errors printed as one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from realfake.errors import RealfakeError
+from realfake.paths import ProjectPaths
+
+
+def parse_args(description: str, root: Path) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--params", type=Path, default=root / "params.yaml", help="params file (default: %(default)s)")
+    return parser.parse_args()
+
+
+def run(main: Callable[[ProjectPaths, argparse.Namespace], None], *, description: str, root: Path) -> None:
+    """Run a stage's main(); a RealfakeError exits 1 with its message instead of a traceback."""
+    logging.basicConfig(
+        level=os.environ.get("REALFAKE_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides real messages
+    args = parse_args(description, root)
+    try:
+        main(ProjectPaths(root), args)
+    except RealfakeError as exc:
+        logging.getLogger("realfake").error("%s", exc)
+        sys.exit(1)

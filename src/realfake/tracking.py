@@ -1,0 +1,146 @@
+"""MLflow at the edges: one run per stage, opened by stage scripts only.
+
+The store defaults to `sqlite:///<repo>/mlflow.db` of the *main* repository: `dvc exp run --temp` and `--queue` run
+stages in a copy under .dvc/tmp/exps and set DVC_ROOT to the main repo, so every experiment lands in one store.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
+
+
+def main_root(repo_root: Path) -> Path:
+    """The main repository, also when DVC runs this stage in a temporary copy (it then sets DVC_ROOT)."""
+    return Path(os.environ.get("DVC_ROOT") or repo_root).resolve()
+
+
+def tracking_uri(repo_root: Path) -> str:
+    """MLFLOW_TRACKING_URI if set, else an absolute sqlite store in the main repo."""
+    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+        return uri
+    return f"sqlite:///{main_root(repo_root) / 'mlflow.db'}"
+
+
+def artifact_root(uri: str) -> Path | None:
+    """Beside a sqlite store, so artifacts never land in a temporary exp copy's working folder; None for servers."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
+    return None
+
+
+def _use_experiment(name: str, repo_root: Path) -> None:
+    """Select the experiment, creating it with its artifact folder beside the store."""
+    import mlflow
+
+    location = artifact_root(tracking_uri(repo_root))
+    if location is not None and mlflow.get_experiment_by_name(name) is None:
+        try:
+            mlflow.create_experiment(name, artifact_location=location.resolve().as_uri())
+        except Exception as exc:  # a parallel queued experiment may have created it a moment ago
+            if "already exists" not in str(exc).lower():
+                raise
+    mlflow.set_experiment(name)
+
+
+def git_commit(repo_root: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo_root, capture_output=True, text=True, check=True, timeout=10
+        )
+        return out.stdout.strip()
+    except (subprocess.SubprocessError, OSError):
+        return None
+
+
+def run_tags(stage: str, repo_root: Path) -> dict[str, str]:
+    tags = {"stage": stage}
+    if commit := git_commit(repo_root):
+        tags["git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    if exp := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = exp
+    if baseline := os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc_exp_baseline_rev"] = baseline
+    return tags
+
+
+def _with_retries(action, *, attempts: int = 5, delay_s: float = 1.0):
+    """Two queued experiments share one sqlite file; a locked database is worth a few retries."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception as exc:  # sqlite "database is locked" surfaces as several MLflow exception types
+            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            log.warning("MLflow store busy (%s); retrying", exc)
+            time.sleep(delay_s * (attempt + 1))
+    return None
+
+
+@contextmanager
+def stage_run(
+    stage: str, *, repo_root: Path, experiment: str, params: Mapping[str, Any], run_name: str | None = None
+) -> Iterator[Any]:
+    """Open an MLflow run for one stage; a stage that raises ends its run FAILED (KeyboardInterrupt: KILLED)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(repo_root))
+    _with_retries(lambda: _use_experiment(experiment, repo_root))
+    run = _with_retries(lambda: mlflow.start_run(run_name=run_name or stage, tags=run_tags(stage, repo_root)))
+    try:
+        log_params(params)
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    import mlflow
+
+    from realfake.params import flatten
+
+    flat = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in flatten(dict(params)).items()}
+    _with_retries(lambda: mlflow.log_params(flat))
+
+
+def log_metrics(metrics: Mapping[str, Any], *, step: int | None = None, prefix: str = "") -> None:
+    """Log every numeric leaf of a nested dict, keys joined with '.' (MLflow keys allow dots and slashes)."""
+    import mlflow
+
+    from realfake.params import flatten
+
+    numeric = {
+        f"{prefix}{k}".replace(" ", "_"): float(v)
+        for k, v in flatten(dict(metrics)).items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    if numeric:
+        _with_retries(lambda: mlflow.log_metrics(numeric, step=step))
+
+
+def log_artifacts(*paths: Path, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        elif path.exists():
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)

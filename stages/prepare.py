@@ -1,0 +1,39 @@
+"""Stage `prepare`: sample per class, carve a validation split, augment, shuffle; write uint8 train/val/test arrays."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, also inside `dvc exp run --temp` copies
+
+from realfake import stage, tracking  # noqa: E402
+from realfake.cifake import RawDataset  # noqa: E402
+from realfake.fileio import atomic_path, load_arrays, save_arrays, write_json  # noqa: E402
+from realfake.params import load_params  # noqa: E402
+from realfake.prepare import prepare_splits  # noqa: E402
+
+
+def main(paths, args) -> None:
+    params = load_params(args.params, sections=["base", "prepare"])
+    section = {"seed": params.base.seed, "prepare": params.raw["prepare"]}
+    with tracking.stage_run("prepare", repo_root=paths.root, experiment=params.base.mlflow_experiment, params=section):
+        raw = RawDataset.from_arrays(load_arrays(paths.raw_dataset))
+        p = params.prepare
+        splits, report = prepare_splits(
+            raw,
+            per_class=p.per_class,
+            val_fraction=p.val_fraction,
+            augmentations=p.augment,
+            drop_test_overlap=p.drop_test_overlap,
+            seed=params.base.seed,
+        )
+        with atomic_path(paths.prepared, is_dir=True) as folder:
+            for name, split in splits.items():
+                save_arrays(folder / f"{name}.npz", **split.arrays())
+        write_json(paths.metrics / "prepare.json", report)
+        tracking.log_metrics(report)
+        tracking.log_artifacts(paths.metrics / "prepare.json")
+
+
+if __name__ == "__main__":
+    stage.run(main, description=__doc__, root=ROOT)

@@ -1,0 +1,64 @@
+"""params.yaml validation: each mistake is named by its dotted key with the allowed values."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from realfake.errors import ParamsError
+from realfake.params import flatten, load_params
+
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def write(tmp_path, mutate) -> Path:
+    raw = yaml.safe_load(REPO_PARAMS.read_text())
+    mutate(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_repo_params_are_valid():
+    params = load_params(REPO_PARAMS)
+    assert params.prepare.augment == ("rot90", "hflip") and params.data.source == "kaggle"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda p: p["prepare"].update(per_clas=3), r"prepare: unknown key\(s\) per_clas; allowed keys: .*per_class"),
+        (lambda p: p["data"].update(source="ftp"), r"data.source: 'ftp' is not allowed; use one of kaggle, archive"),
+        (lambda p: p["prepare"].update(augment=["blur"]), r"prepare.augment: unknown augmentation 'blur'.*rot90"),
+        (lambda p: p["prepare"].update(per_class=0), r"prepare.per_class: must be greater than 0"),
+        (lambda p: p["prepare"].update(per_class=-5), r"prepare.per_class: must be greater than 0"),
+        (lambda p: p["prepare"].update(per_class="many"), r"prepare.per_class: expected int, got 'many'"),
+        (lambda p: p["prepare"].update(val_fraction=1.5), r"prepare.val_fraction: must be in \[0, 1\)"),
+        (lambda p: p["data"].update(source="archive"), r"data.archive: required when data.source is 'archive'"),
+        (lambda p: p["data"].update(archive_sha256="abc"), r"data.archive_sha256: expected 64 hex digits"),
+        (lambda p: p["base"].pop("seed"), r"base: missing key\(s\) base.seed"),
+        (lambda p: p.pop("prepare"), r"missing section 'prepare'"),
+    ],
+)
+def test_bad_values_are_named(tmp_path, mutate, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(write(tmp_path, mutate))
+
+
+def test_only_requested_sections_are_validated(tmp_path):
+    path = write(tmp_path, lambda p: p["prepare"].update(per_class=0))
+    assert load_params(path, sections=["base", "data"]).data.source == "kaggle"
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("base: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(tmp_path / "bad.yaml")
+
+
+def test_flatten():
+    tree = {"a": {"b": 1, "c": [1, 2]}, "d": None}
+    assert flatten(copy.deepcopy(tree)) == {"a.b": 1, "a.c": [1, 2], "d": None}
