@@ -29,7 +29,7 @@ def main(paths, args) -> None:
         entries, origin = fetch_entries(params.data, paths)
         raw = cifake.decode_entries(entries)
         summary = origin | cifake.summarize(raw)
-        summary["bytes"] = {"jpeg": sum(len(e.data) for e in entries), "decoded": int(raw.images.nbytes)}
+        summary["bytes"] = {"jpeg": sum(e.size for e in entries), "decoded": int(raw.images.nbytes)}
         save_arrays(paths.raw_dataset, **raw.arrays())
         write_json(paths.metrics / "data.json", summary)
         tracking.log_metrics(summary)

@@ -10,7 +10,11 @@ import dataclasses
 import hashlib
 import io
 import logging
+import mmap
+import multiprocessing
+import os
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -29,14 +33,32 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 IMAGE_SHAPE = (32, 32, 3)
 
 
-@dataclasses.dataclass
+_OPEN_ZIPS: dict[tuple[int, str], zipfile.ZipFile] = {}
+
+
+def _zip_handle(path: str) -> zipfile.ZipFile:
+    """One ZipFile per process: forked workers must not share a file offset with their parent."""
+    key = (os.getpid(), path)
+    if key not in _OPEN_ZIPS:
+        _OPEN_ZIPS[key] = zipfile.ZipFile(path)
+    return _OPEN_ZIPS[key]
+
+
+@dataclasses.dataclass(frozen=True)
 class Entry:
-    """One image file of the archive: where it sits and its raw bytes."""
+    """One image file of the dataset: where it sits, and where to read its bytes (read lazily, in workers)."""
 
     name: str  # path relative to the dataset root, e.g. "train/REAL/0000 (10).jpg"
     split: int  # index into SPLITS
     label: int  # index into CLASSES
-    data: bytes
+    location: str  # the zip file, or the image file itself
+    member: str | None  # the entry inside the zip; None for a loose file
+    size: int  # bytes of the encoded image
+
+    def read(self) -> bytes:
+        if self.member is None:
+            return Path(self.location).read_bytes()
+        return _zip_handle(self.location).read(self.member)
 
 
 @dataclasses.dataclass
@@ -128,106 +150,113 @@ def _entry_name(name: str) -> str:
 
 
 def read_zip(path: Path) -> list[Entry]:
-    """Read every image entry of a Kaggle-layout zip into memory (CIFAKE: about 1 KB each)."""
+    """List the image entries of a Kaggle-layout zip after checking names and layout (bytes are read later)."""
     source = str(path)
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
-            for info in infos:
-                check_member_name(info.filename, source)
-            chosen, folders = _select([i.filename for i in infos], source)
-            _check_layout(chosen, folders, source)
-            entries = []
-            for info in tqdm(infos, desc="reading archive", unit="file", mininterval=1, leave=False):
-                if info.filename in chosen:
-                    s, c = chosen[info.filename]
-                    entries.append(Entry(_entry_name(info.filename), s, c, zf.read(info)))
-    except zipfile.BadZipFile as exc:
-        raise DataError(f"{source}: not a readable zip archive ({exc}); is the file truncated? Download it again.")
-    except (EOFError, zipfile.LargeZipFile, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise DataError(f"{source}: archive not found") from None
-        raise DataError(f"{source}: archive is truncated or damaged ({exc}); download it again") from None
-    return entries
+    except FileNotFoundError:
+        raise DataError(f"{source}: archive not found") from None
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise DataError(f"{source}: not a readable zip archive ({exc}); is it truncated? Download it again.") from None
+    for info in infos:
+        check_member_name(info.filename, source)
+    chosen, folders = _select([i.filename for i in infos], source)
+    _check_layout(chosen, folders, source)
+    resolved = str(Path(path).resolve())
+    return [
+        Entry(_entry_name(i.filename), *chosen[i.filename], resolved, i.filename, i.file_size)
+        for i in infos
+        if i.filename in chosen
+    ]
 
 
 def read_folder(root: Path) -> list[Entry]:
-    """Read a Kaggle-layout folder (what kagglehub leaves in its cache)."""
+    """List the images of a Kaggle-layout folder (what kagglehub leaves in its cache)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset folder not found")
-    files = [p for p in root.rglob("*") if p.is_file()]
-    rel = {p.relative_to(root).as_posix(): p for p in files}
-    dirs = [p.relative_to(root).as_posix() + "/" for p in root.rglob("*") if p.is_dir()]
+    paths = list(root.rglob("*"))
+    rel = {p.relative_to(root).as_posix(): p for p in paths if p.is_file()}
+    dirs = [p.relative_to(root).as_posix() + "/" for p in paths if p.is_dir()]
     chosen, folders = _select([*rel, *dirs], str(root))
     _check_layout(chosen, folders, str(root))
     return [
-        Entry(_entry_name(name), *chosen[name], rel[name].read_bytes())
-        for name in tqdm(sorted(chosen), desc="reading folder", unit="file", mininterval=1, leave=False)
+        Entry(_entry_name(name), *chosen[name], str(rel[name]), None, rel[name].stat().st_size)
+        for name in sorted(chosen)
     ]
 
 
 # ----------------------------------------------------------------------------- decoding
 
 
-def _image_problem(entry: Entry) -> str | None:
-    """Say in words why an image is not a 32x32 RGB picture, or None (Pillow gives the best diagnosis)."""
+def _decode_into(entry: Entry, out: np.ndarray) -> str | None:
+    """Decode one JPEG into `out`; return what is wrong with it instead when it is not 32x32 RGB."""
     try:
-        with Image.open(io.BytesIO(entry.data)) as im:
-            im.load()
+        data = entry.read()
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
+        return f"could not be read ({exc}); the archive is damaged: download it again"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
             if im.mode != "RGB":
                 kind = {"L": "grayscale", "RGBA": "RGBA (has an alpha channel)", "P": "palette", "1": "1-bit"}
                 return f"is {kind.get(im.mode, im.mode)} (mode {im.mode}), expected RGB"
-            if im.size != IMAGE_SHAPE[:2]:
+            if im.size != IMAGE_SHAPE[1::-1]:
                 return f"is {im.size[0]}x{im.size[1]} pixels, expected 32x32"
+            out[...] = np.asarray(im)
             return None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return f"is not a readable image ({exc})"
 
 
-def _bad_images_error(problems: list[tuple[str, str]]) -> DataError:
-    details = "; ".join(f"{name} {problem}" for name, problem in problems[:5])
+# Set by decode_entries before forking workers: they inherit these instead of receiving pickled copies.
+_WORK: tuple[list[Entry], np.ndarray] | None = None
+
+
+def _decode_range(bounds: tuple[int, int]) -> list[tuple[int, str]]:
+    entries, images = _WORK
+    return [(i, p) for i in range(*bounds) if (p := _decode_into(entries[i], images[i]))]
+
+
+def _bad_images_error(entries: list[Entry], problems: list[tuple[int, str]]) -> DataError:
+    details = "; ".join(f"{entries[i].name} {problem}" for i, problem in problems[:5])
     return DataError(
         f"{len(problems)} image(s) are not 32x32 RGB JPEGs: {details}. "
         f"Remove or replace them, or download the dataset again."
     )
 
 
-def _decode_one(tf, data):
-    # INTEGER_ACCURATE is libjpeg's ISLOW IDCT, what Pillow uses: pixels here equal Pillow's bit for bit, so
-    # images decoded later for prediction look exactly like the training data.
-    image = tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE")
-    ok = tf.reduce_all(tf.equal(tf.shape(image), IMAGE_SHAPE))
-    return ok, tf.cond(ok, lambda: tf.reshape(image, IMAGE_SHAPE), lambda: tf.zeros(IMAGE_SHAPE, tf.uint8))
+def decode_entries(entries: list[Entry], *, workers: int | None = None) -> RawDataset:
+    """Read and decode all images with Pillow on every core; any that is not 32x32 RGB raises DataError by name.
 
-
-def decode_entries(entries: list[Entry]) -> RawDataset:
-    """Decode all images on every core; any image that is not 32x32 RGB raises DataError naming the file."""
-    import tensorflow as tf
-
+    Workers are forked, read their own share of the files, and write straight into one shared anonymous mapping,
+    so nothing is pickled and the decoded pixels exist once.
+    """
+    global _WORK
     n = len(entries)
-    images = np.empty((n, *IMAGE_SHAPE), np.uint8)
-    ok = np.zeros(n, bool)
-    batch = 2048
-    pipeline = (
-        tf.data.Dataset.from_tensor_slices([e.data for e in entries])
-        .map(lambda d: _decode_one(tf, d), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .batch(batch)
-        .prefetch(2)
-    )
+    shared = mmap.mmap(-1, max(1, n * int(np.prod(IMAGE_SHAPE))))
+    images = np.frombuffer(shared, np.uint8, count=n * int(np.prod(IMAGE_SHAPE))).reshape(n, *IMAGE_SHAPE)
+    workers = workers or os.cpu_count() or 1
+    chunk = 2000
+    ranges = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    _WORK = (entries, images)
+    problems: list[tuple[int, str]] = []
     try:
-        with tqdm(total=n, desc="decoding images", unit="img", mininterval=1, leave=False) as bar:
-            for i, (good, pixels) in enumerate(pipeline):
-                images[i * batch : i * batch + len(good)] = pixels.numpy()
-                ok[i * batch : i * batch + len(good)] = good.numpy()
-                bar.update(len(good))
-    except tf.errors.InvalidArgumentError as exc:
-        # The fast path stops at the first undecodable file without naming it: find every culprit by name.
-        problems = [(e.name, p) for e in entries if (p := _image_problem(e))]
-        raise _bad_images_error(problems or [("(unknown file)", f"could not be decoded: {exc.message}")]) from None
-    if not ok.all():
-        bad = [entries[i] for i in np.flatnonzero(~ok)]
-        raise _bad_images_error([(e.name, _image_problem(e) or "is not 32x32 RGB") for e in bad])
+        bar = tqdm(total=n, desc="decoding images", unit="img", mininterval=1, leave=False)
+        if workers > 1 and "fork" in multiprocessing.get_all_start_methods() and n > chunk:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for (lo, hi), found in zip(ranges, pool.imap(_decode_range, ranges), strict=True):
+                    problems += found
+                    bar.update(hi - lo)
+        else:
+            for lo, hi in ranges:
+                problems += _decode_range((lo, hi))
+                bar.update(hi - lo)
+        bar.close()
+    finally:
+        _WORK = None
+    if problems:
+        raise _bad_images_error(entries, problems)
     return RawDataset(
         images=images,
         split=np.array([e.split for e in entries], np.uint8),

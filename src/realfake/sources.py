@@ -53,13 +53,12 @@ def fetch_kaggle(dataset: str) -> Path:
 
 
 def _download(url: str, dest: Path) -> None:
-    with atomic_path(dest) as tmp:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}") as bar:
-                while block := response.read(1 << 20):
-                    out.write(block)
-                    bar.update(len(block))
+    with atomic_path(dest) as tmp, urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}") as bar:
+            while block := response.read(1 << 20):
+                out.write(block)
+                bar.update(len(block))
 
 
 def fetch_archive(location: str, *, cache_dir: Path, sha256: str | None) -> Path:
