@@ -1,0 +1,26 @@
+"""Model factories. Importing this package also registers the custom layers that saved models need."""
+
+from realfake.models.cnn import build_cnn
+from realfake.models.dcgan import (
+    DCGAN,
+    build_discriminator,
+    build_generator,
+    generate_images,
+    generated_to_uint8,
+)
+from realfake.models.layers import ResNetPreprocess
+from realfake.models.transfer import build_efficientnet, build_resnet50, fetch_weights, keras_models_dir
+
+__all__ = [
+    "DCGAN",
+    "ResNetPreprocess",
+    "build_cnn",
+    "build_discriminator",
+    "build_efficientnet",
+    "build_generator",
+    "build_resnet50",
+    "fetch_weights",
+    "generate_images",
+    "generated_to_uint8",
+    "keras_models_dir",
+]
