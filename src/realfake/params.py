@@ -141,18 +141,184 @@ class PrepareParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainParams:
+    """Settings shared by every classifier training (the train matrix and train_3class)."""
+
+    strategy: Literal["auto", "default", "mirrored"]
+    monitor: str
+    monitor_mode: Literal["max", "min"]
+    early_stopping_patience: int | None
+    jit_compile: bool
+
+    def validate(self, key: str) -> None:
+        require_positive(key, early_stopping_patience=self.early_stopping_patience)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fit:
+    epochs: int
+    batch_size: int
+    optimizer: Literal["adam", "adamax", "adamw", "sgd"]
+    learning_rate: float
+    augment: tuple[str, ...]  # on the fly, per batch; the prepare stage's copies are separate
+
+    def validate(self, key: str) -> None:
+        require_positive(key, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate)
+        for name in self.augment:
+            if name not in AUGMENTATIONS:
+                raise ParamsError(f"{key}.augment: unknown augmentation {name!r}; allowed: {', '.join(AUGMENTATIONS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CnnParams(_Fit):
+    architecture: Literal["cnn"]
+    conv_filters: tuple[int, ...]
+    kernel_size: int
+    pool_size: int
+    dense_units: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EfficientNetParams(_Fit):
+    architecture: Literal["efficientnet"]
+    weights: Literal["imagenet"] | None
+    dense_units: int
+    kernel_l2: float
+    activity_l1: float
+    bias_l1: float
+    dropout: float
+
+    def validate(self, key: str) -> None:
+        super().validate(key)
+        require_fraction(key, dropout=self.dropout)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetParams(_Fit):
+    architecture: Literal["resnet50"]
+    weights: Literal["imagenet"] | None
+    dense_units: int
+    dropout: float
+
+    def validate(self, key: str) -> None:
+        super().validate(key)
+        require_fraction(key, dropout=self.dropout)
+
+
+ARCHITECTURES = {"cnn": CnnParams, "efficientnet": EfficientNetParams, "resnet50": ResNetParams}
+ModelParams = CnnParams | EfficientNetParams | ResNetParams
+
+
+def load_model_params(raw: Any, key: str) -> ModelParams:
+    """A models.<name> section, typed by its `architecture`."""
+    arch = raw.get("architecture") if isinstance(raw, dict) else None
+    if arch not in ARCHITECTURES:
+        raise ParamsError(f"{key}.architecture: {arch!r} is not allowed; use one of {', '.join(ARCHITECTURES)}")
+    return load_section(ARCHITECTURES[arch], raw, key)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int
+    threshold: float
+    n_bootstrap: int
+    confidence: float
+    roc_max_points: int
+
+    def validate(self, key: str) -> None:
+        require_positive(
+            key, batch_size=self.batch_size, n_bootstrap=self.n_bootstrap, roc_max_points=self.roc_max_points
+        )
+        require_fraction(key, threshold=self.threshold, confidence=self.confidence)
+
+
+@dataclasses.dataclass(frozen=True)
+class DcganParams:
+    noise_dim: int
+    dense_filters: int
+    g_filters: tuple[int, ...]
+    d_filters: tuple[int, ...]
+    kernel_size: int
+    dropout: float
+    learning_rate: float
+    epochs: int
+    batch_size: int
+    sample_every: int
+    sample_grid: int
+
+    def validate(self, key: str) -> None:
+        require_positive(
+            key,
+            noise_dim=self.noise_dim,
+            dense_filters=self.dense_filters,
+            kernel_size=self.kernel_size,
+            learning_rate=self.learning_rate,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            sample_every=self.sample_every,
+            sample_grid=self.sample_grid,
+        )
+        require_fraction(key, dropout=self.dropout)
+        if len(self.g_filters) != 2:
+            raise ParamsError(f"{key}.g_filters: the generator upsamples 8->16->32 and needs exactly 2 widths")
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateParams:
+    n_train: int
+    n_test: int
+    batch_size: int
+    jpeg_quality: int
+    jpeg_subsampling: Literal["4:4:4", "4:2:2", "4:2:0"]
+
+    def validate(self, key: str) -> None:
+        require_positive(key, n_train=self.n_train, n_test=self.n_test, batch_size=self.batch_size)
+        if not 1 <= self.jpeg_quality <= 95:
+            raise ParamsError(f"{key}.jpeg_quality: must be in 1..95 (Pillow's range), got {self.jpeg_quality}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreeClassParams:
+    model: str  # a models.<name> section
+    val_fraction: float
+
+    def validate(self, key: str) -> None:
+        require_fraction(key, val_fraction=self.val_fraction)
+        if self.val_fraction == 0:
+            raise ParamsError(f"{key}.val_fraction: must be > 0 (model selection needs a validation split)")
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     base: BaseParams
     data: DataParams
     prepare: PrepareParams
-    raw: dict  # the whole file as read, for sections typed elsewhere and for MLflow
+    train: TrainParams
+    evaluate: EvaluateParams
+    dcgan: DcganParams
+    generate: GenerateParams
+    train_3class: ThreeClassParams
+    models: dict  # name -> ModelParams (typed by architecture)
+    raw: dict  # the whole file as read, for MLflow
 
 
-SECTIONS = {"base": BaseParams, "data": DataParams, "prepare": PrepareParams}
+SECTIONS = {
+    "base": BaseParams,
+    "data": DataParams,
+    "prepare": PrepareParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+    "dcgan": DcganParams,
+    "generate": GenerateParams,
+    "train_3class": ThreeClassParams,
+}
 
 
 def load_params(path: Path, sections: typing.Iterable[str] | None = None) -> Params:
-    """Read and validate params.yaml. `sections` limits validation to what a stage uses (None = all typed)."""
+    """Read and validate params.yaml. `sections` limits validation to what a stage uses (None = all).
+
+    "models" validates every models.<name> section; "models.<name>" just that one.
+    """
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
@@ -161,16 +327,30 @@ def load_params(path: Path, sections: typing.Iterable[str] | None = None) -> Par
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
-    wanted = set(SECTIONS) if sections is None else set(sections)
-    loaded = {}
+    wanted = set(SECTIONS) | {"models"} if sections is None else set(sections)
+    loaded: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
+        loaded[name] = None
         if name in wanted:
             if name not in raw:
                 raise ParamsError(f"{path}: missing section {name!r}")
             loaded[name] = load_section(cls, raw[name], name)
-        else:
-            loaded[name] = None
+    loaded["models"] = _load_models(raw, wanted, path)
     return Params(**loaded, raw=raw)
+
+
+def _load_models(raw: dict, wanted: set[str], path: Path) -> dict[str, ModelParams]:
+    names = [w.split(".", 1)[1] for w in wanted if w.startswith("models.")]
+    if "models" in wanted:
+        names = list(raw.get("models") or {})
+    models = raw.get("models") or {}
+    out = {}
+    for name in names:
+        if name not in models:
+            known = ", ".join(models) or "none"
+            raise ParamsError(f"{path}: no section models.{name}; defined models: {known}")
+        out[name] = load_model_params(models[name], f"models.{name}")
+    return out
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -26,6 +26,22 @@ class ProjectPaths:
         return self.prepared / f"{split}.npz"
 
     @property
+    def generated(self) -> Path:
+        return self.root / "data" / "generated"
+
+    def generated_split(self, split: str) -> Path:
+        """DCGAN images of one split (`train` or `test`), decoded from their stored JPEGs: `images` uint8."""
+        return self.generated / f"{split}.npz"
+
+    @property
+    def generated_jpegs(self) -> Path:
+        """The DCGAN images as stored JPEG files (train/DCGAN/*.jpg, test/DCGAN/*.jpg) in one zip."""
+        return self.generated / "dcgan_jpeg.zip"
+
+    def model_file(self, name: str) -> Path:
+        return self.models / f"{name}.keras"
+
+    @property
     def download_cache(self) -> Path:
         """Downloaded archives; outside DVC's outputs so a failed or repeated stage does not fetch them again."""
         return self.root / ".cache" / "downloads"
