@@ -202,9 +202,7 @@ def test_roc_points_thinned_keeps_both_ends():
     thinned = ev.roc_points(y, p, max_points=50)
     assert len(thinned) <= 50
     assert (thinned[0]["fpr"], thinned[0]["tpr"], thinned[-1]["fpr"], thinned[-1]["tpr"]) == (0, 0, 1, 1)
-    assert np.all(np.diff([pt["fpr"] for pt in thinned]) >= 0) and np.all(
-        np.diff([pt["tpr"] for pt in thinned]) >= 0
-    )
+    assert np.all(np.diff([pt["fpr"] for pt in thinned]) >= 0) and np.all(np.diff([pt["tpr"] for pt in thinned]) >= 0)
 
 
 def test_roc_points_one_class_is_empty():
@@ -251,9 +249,7 @@ def test_multiclass_report_matches_hand_computed_values():
     # 0.3 beats 3 of 4 (not 0.6) -> 7/8; dcgan's 0.8 and 0.6 beat 0.1 0.1 0.1 0.5 -> 1.
     assert [pc[c]["roc_auc_ovr"] for c in THREE] == pytest.approx([1.0, 7 / 8, 1.0])
     assert r["roc_auc_ovr_macro"] == pytest.approx((1 + 7 / 8 + 1) / 3)
-    assert r["roc_auc_ovr_macro"] == pytest.approx(
-        roc_auc_score(Y6, PROBS6, multi_class="ovr", average="macro")
-    )
+    assert r["roc_auc_ovr_macro"] == pytest.approx(roc_auc_score(Y6, PROBS6, multi_class="ovr", average="macro"))
     assert r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1]
 
 

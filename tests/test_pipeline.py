@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from stage_helpers import tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
 COPIED = ["stages", "src", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
 
 
-def shrink(params: dict, archive: Path) -> dict:
-    """Tiny sizes so the whole chain runs in seconds; structure and code paths stay the real ones."""
+def shrink(archive: Path) -> dict:
+    """Tiny sizes so the whole chain runs in minutes; structure and code paths stay the real ones."""
+    params = tiny_params()
     params["data"].update(source="archive", archive=str(archive))
-    params["prepare"].update(per_class=20, val_fraction=0.2)
     return params
 
 
@@ -39,12 +40,15 @@ def repo_copy(tmp_path, cifake_zip, mlflow_uri):
         elif src.exists():
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, work / name)
-    params = shrink(yaml.safe_load((REPO / "params.yaml").read_text()), cifake_zip)
+    params = shrink(cifake_zip)
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     env.pop("DVC_ROOT", None)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t",
-                                                              "commit", "-qm", "copy"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
+    ):
         sh(*cmd, cwd=work, env=env)
     return work, env
 
@@ -62,10 +66,25 @@ def test_dvc_repro_runs_the_pipeline(repo_copy, mlflow_uri):
     with np.load(work / "data/prepared/train.npz") as train:
         assert train["images"].shape == (96, 32, 32, 3) and train["images"].dtype == np.uint8
 
+    for name in ("cnn", "efficientnet", "resnet50", "efficientnet_3class", "dcgan_generator"):
+        assert (work / "models" / f"{name}.keras").is_file(), name
+    for name in ("cnn", "efficientnet", "resnet50"):
+        report = json.loads((work / f"metrics/evaluate/{name}.json").read_text())
+        assert report["n"] == 48 and 0 <= report["accuracy"] <= 1
+    generated = json.loads((work / "metrics/generate.json").read_text())
+    assert generated["counts"] == {"train": 40, "test": 20} or generated.get("n_train") == 40
+    cross = json.loads((work / "metrics/cross_evaluate.json").read_text())
+    assert set(cross["scores"]) == {"cnn", "efficientnet", "resnet50", "efficientnet_3class"}
+    assert all(set(by_source) == {"real", "sd_fake", "dcgan_fake"} for by_source in cross["scores"].values())
+    assert cross["scores"]["cnn"]["dcgan_fake"]["n"] == 20 and cross["scores"]["cnn"]["real"]["n"] == 24
+
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("realfake")
     runs = client.search_runs([exp.experiment_id])
-    assert sorted(r.data.tags["stage"] for r in runs) == ["download", "prepare"]
+    assert sorted(r.data.tags["stage"] for r in runs) == sorted(
+        ["download", "prepare", "train", "train", "train", "evaluate", "evaluate", "evaluate", "train_dcgan",
+         "generate", "train_3class", "cross_evaluate"]
+    )
     assert all(r.info.status == "FINISHED" for r in runs)
 
     status = sh(sys.executable, "-m", "dvc", "status", cwd=work, env=env)

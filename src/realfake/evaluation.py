@@ -167,9 +167,7 @@ def _percentile_interval(samples: np.ndarray, confidence: float, what: str) -> l
     """Percentile-method interval of bootstrap `samples`, ignoring NaN (undefined) resamples."""
     valid = samples[~np.isnan(samples)]
     if len(valid) < len(samples):
-        log.warning(
-            "%s: %d of %d resamples undefined (one class only)", what, len(samples) - len(valid), len(samples)
-        )
+        log.warning("%s: %d of %d resamples undefined (one class only)", what, len(samples) - len(valid), len(samples))
     if len(valid) == 0:
         return None
     tail = 100.0 * (1.0 - confidence) / 2.0
@@ -200,9 +198,7 @@ def _bootstrap_binary(
     }
 
 
-def _bootstrap_accuracy(
-    correct: np.ndarray, *, n_bootstrap: int, confidence: float, seed: int
-) -> list[float]:
+def _bootstrap_accuracy(correct: np.ndarray, *, n_bootstrap: int, confidence: float, seed: int) -> list[float]:
     correct = correct.astype(np.float64)
     samples = [
         counts @ correct / len(correct)
@@ -217,9 +213,7 @@ def _bootstrap_accuracy(
 def _class_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
     """Per-class precision/recall/F1/support, their macro and support-weighted means, the confusion matrix."""
     labels = np.arange(len(class_names))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     metrics = {
         "per_class": {
             name: {
@@ -232,9 +226,7 @@ def _class_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str
         }
     }
     for average in ("macro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(
-            y_true, y_pred, labels=labels, average=average, zero_division=0
-        )
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=average, zero_division=0)
         metrics[f"{average}_avg"] = {"precision": float(p), "recall": float(r), "f1": float(f)}
     metrics["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()  # rows = actual
     return metrics
@@ -268,9 +260,7 @@ def binary_report(
     _check_interval_args(n_bootstrap, confidence)
     y_pred = binary_predictions(scores, threshold=threshold)
     correct = y_pred == y_true
-    intervals = _bootstrap_binary(
-        y_true, scores, correct, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed
-    )
+    intervals = _bootstrap_binary(y_true, scores, correct, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
     return {
         "n": len(y_true),
         "accuracy": float(correct.mean()),
@@ -314,9 +304,7 @@ def multiclass_report(
     return {
         "n": len(y_true),
         "accuracy": float(correct.mean()),
-        "accuracy_ci": _bootstrap_accuracy(
-            correct, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed
-        ),
+        "accuracy_ci": _bootstrap_accuracy(correct, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed),
         "roc_auc_ovr_macro": None if None in aucs else float(np.mean(aucs)),
         **metrics,
         "n_bootstrap": int(n_bootstrap),
@@ -466,16 +454,70 @@ def format_share(score: Mapping) -> str:
     return f"{score['share_correct']:.3f} [{lo:.2f}, {hi:.2f}] (n={score['n']})"
 
 
+def _markdown_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> str:
+    def row(cells: Sequence[object]) -> str:
+        return "| " + " | ".join(str(cell).replace("|", r"\|") for cell in cells) + " |"
+
+    return "\n".join([row(header), "|" + "---|" * len(header), *(row(cells) for cells in rows)]) + "\n"
+
+
 def cross_evaluation_table(scores: Mapping[str, Mapping[str, dict]]) -> str:
     """Markdown table of the share correct: a row per model, a column per test source ("n/a": not scored)."""
     sources = _sources(scores)
+    rows = [
+        [model, *(format_share(by_source[s]) if s in by_source else "n/a" for s in sources)]
+        for model, by_source in scores.items()
+    ]
+    return _markdown_table(["model", *sources], rows)
 
-    def row(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(cell).replace("|", r"\|") for cell in cells) + " |"
 
-    lines = [row(["model", *sources]), "|" + "---|" * (len(sources) + 1)]
-    for model, by_source in scores.items():
-        lines.append(
-            row([model, *(format_share(by_source[s]) if s in by_source else "n/a" for s in sources)])
+def cross_evaluate_model(
+    model: keras.Model,
+    sources: Mapping[str, tuple[str, np.ndarray]],
+    *,
+    class_names: Sequence[str],
+    batch_size: int,
+    threshold: float,
+    confidence: float,
+) -> dict[str, dict]:
+    """Score one model on every test source: {source name: source_score(...)}.
+
+    sources: source name -> (its true kind, one of SOURCE_KINDS; its uint8 images (N, H, W, 3)), each
+    predicted `batch_size` images at a time. class_names: the model's classes, two (real, fake) for a
+    binary model (sigmoid or 2-way softmax), SOURCE_KINDS for the 3-class one.
+    """
+    scores = {}
+    for name, (kind, images) in sources.items():
+        probabilities = predict_proba(model, images, batch_size=batch_size)
+        if probabilities.shape[1] != len(class_names):
+            raise ValueError(
+                f"model {model.name!r} gives {probabilities.shape[1]} class columns, "
+                f"expected {len(class_names)} ({', '.join(map(str, class_names))})"
+            )
+        scores[name] = source_score(
+            probabilities, true_kind=kind, class_names=class_names, threshold=threshold, confidence=confidence
         )
-    return "\n".join(lines) + "\n"
+        log.info("%s on %s: %d of %d correct", model.name, name, scores[name]["n_correct"], scores[name]["n"])
+    return scores
+
+
+def confusion_by_kind(scores: Mapping[str, dict], *, class_names: Sequence[str]) -> list[list[int]]:
+    """One model's confusion matrix over its sources: rows = true kind, columns = predicted class.
+
+    Both axes follow `class_names`; sources of the same kind add up, a kind with no source is a row of zeros.
+    Every source's kind must be one of the model's classes, so this is for the 3-class model.
+    """
+    names = [str(name) for name in class_names]
+    matrix = np.zeros((len(names), len(names)), dtype=np.int64)
+    for source, score in scores.items():
+        if score["true_kind"] not in names:
+            raise ValueError(f"source {source!r} holds {score['true_kind']!r}, not one of the classes {names}")
+        matrix[names.index(score["true_kind"])] += [score["predicted_counts"][name] for name in names]
+    return matrix.tolist()
+
+
+def confusion_table(matrix: Sequence[Sequence[int]], class_names: Sequence[str]) -> str:
+    """Markdown confusion matrix: a row per actual class, a column per predicted class."""
+    names = [str(name) for name in class_names]
+    rows = [[f"actual {name}", *counts] for name, counts in zip(names, matrix, strict=True)]
+    return _markdown_table(["", *(f"predicted {name}" for name in names)], rows)

@@ -35,9 +35,7 @@ def heatmap_png(
     ax = fig.add_subplot()
     # A fixed 0..1 scale keeps colours comparable between figures and experiments.
     image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(
-        range(len(col_labels)), labels=[str(label) for label in col_labels], rotation=20, ha="right"
-    )
+    ax.set_xticks(range(len(col_labels)), labels=[str(label) for label in col_labels], rotation=20, ha="right")
     ax.set_yticks(range(len(row_labels)), labels=[str(label) for label in row_labels])
     ax.set_title(title)
     for (i, j), value in np.ndenumerate(values):

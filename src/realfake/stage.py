@@ -13,20 +13,28 @@ from realfake.errors import RealfakeError
 from realfake.paths import ProjectPaths
 
 
-def parse_args(description: str, root: Path) -> argparse.Namespace:
+def parse_args(description: str, root: Path, extra_args: Callable | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--params", type=Path, default=root / "params.yaml", help="params file (default: %(default)s)")
+    if extra_args:
+        extra_args(parser)
     return parser.parse_args()
 
 
-def run(main: Callable[[ProjectPaths, argparse.Namespace], None], *, description: str, root: Path) -> None:
+def run(
+    main: Callable[[ProjectPaths, argparse.Namespace], None],
+    *,
+    description: str,
+    root: Path,
+    extra_args: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> None:
     """Run a stage's main(); a RealfakeError exits 1 with its message instead of a traceback."""
     logging.basicConfig(
         level=os.environ.get("REALFAKE_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter hides real messages
-    args = parse_args(description, root)
+    args = parse_args(description, root, extra_args)
     try:
         main(ProjectPaths(root), args)
     except RealfakeError as exc:

@@ -1,0 +1,155 @@
+"""Build and train any classifier of the pipeline from its typed params (shared by train@<model> and train_3class)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from realfake import models, training
+from realfake.errors import DataError, ParamsError
+from realfake.params import CnnParams, EfficientNetParams, ModelParams, ResNetParams, TrainParams
+from realfake.prepare import Split
+
+log = logging.getLogger(__name__)
+
+
+def build_classifier(
+    name: str, spec: ModelParams, *, input_shape: tuple[int, int, int], num_classes: int, seed: int
+) -> keras.Model:
+    """The keras model for models.<name>; every model takes uint8-valued RGB pixels and preprocesses inside."""
+    key = f"models.{name}"
+    if isinstance(spec, CnnParams):
+        if num_classes != 2:
+            raise ParamsError(f"{key}.architecture: cnn has one sigmoid output (binary); use efficientnet or resnet50")
+        return models.build_cnn(
+            input_shape=input_shape,
+            conv_filters=spec.conv_filters,
+            kernel_size=spec.kernel_size,
+            pool_size=spec.pool_size,
+            dense_units=spec.dense_units,
+        )
+    if isinstance(spec, EfficientNetParams):
+        return models.build_efficientnet(
+            input_shape=input_shape, num_classes=num_classes, weights=spec.weights, dense_units=spec.dense_units,
+            kernel_l2=spec.kernel_l2, activity_l1=spec.activity_l1, bias_l1=spec.bias_l1, dropout=spec.dropout,
+            seed=seed, params_key=f"{key}.weights",
+        )  # fmt: skip
+    if isinstance(spec, ResNetParams):
+        return models.build_resnet50(
+            input_shape=input_shape, num_classes=num_classes, weights=spec.weights, dense_units=spec.dense_units,
+            dropout=spec.dropout, seed=seed, params_key=f"{key}.weights",
+        )  # fmt: skip
+    raise ParamsError(f"{key}: unsupported architecture {type(spec).__name__}")
+
+
+def check_split(split: Split, *, image_shape: tuple[int, int, int], source: str) -> None:
+    """Refuse arrays a model cannot take, naming the file and the stage that rebuilds it."""
+    images = split.images
+    if images.ndim != 4 or images.shape[1:] != image_shape or images.dtype != np.uint8:
+        raise DataError(
+            f"{source}: images are {images.dtype} {images.shape}, expected uint8 (N, {', '.join(map(str, image_shape))}"
+            f"); rebuild it with `dvc repro prepare` (or check base.image_size)"
+        )
+    if len(split.labels) != len(images) or len(images) == 0:
+        raise DataError(f"{source}: {len(images)} images but {len(split.labels)} labels; rebuild it with `dvc repro`")
+    if split.labels.max() >= len(split.class_names):
+        raise DataError(f"{source}: label {split.labels.max()} outside class_names {list(split.class_names)}")
+
+
+def fingerprint(*parts: object, arrays: Sequence[np.ndarray] = ()) -> str:
+    """A short hash of settings and data: resumable state is reused only for the very same training."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(
+        json.dumps(
+            [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True, default=str
+        ).encode()
+    )
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+def train_classifier(
+    name: str,
+    spec: ModelParams,
+    train_params: TrainParams,
+    train: Split,
+    val: Split,
+    *,
+    seed: int,
+    state_root: Path,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> tuple[training.FitResult, Path]:
+    """Seed, build, compile and fit models.<name>; returns the fit result and its (resumable) state folder."""
+    image_shape = train.images.shape[1:]
+    num_classes = len(train.class_names)
+    training.seed_everything(seed)
+    key = fingerprint(name, spec, train_params, seed, arrays=[train.images, train.labels, val.images, val.labels])
+    state_dir = Path(state_root) / name / key
+    strategy = training.distribution_strategy(train_params.strategy)
+    with strategy.scope():
+        model = build_classifier(name, spec, input_shape=image_shape, num_classes=num_classes, seed=seed)
+        training.compile_classifier(
+            model,
+            optimizer=training.build_optimizer(spec.optimizer, learning_rate=spec.learning_rate),
+            jit_compile=train_params.jit_compile,
+        )
+    train_ds = training.make_dataset(
+        train.images, train.labels, batch_size=spec.batch_size, shuffle=True, seed=seed, augment=spec.augment
+    )
+    val_ds = training.make_dataset(val.images, val.labels, batch_size=spec.batch_size, shuffle=False, seed=seed,
+                                   augment=())  # fmt: skip
+    log.info("training %s (%d parameters) on %d images, validating on %d", name, model.count_params(),
+             len(train.labels), len(val.labels))  # fmt: skip
+    result = training.fit_classifier(
+        model,
+        train_ds,
+        val_ds,
+        epochs=spec.epochs,
+        state_dir=state_dir,
+        fingerprint=key,
+        monitor=train_params.monitor,
+        mode=train_params.monitor_mode,
+        early_stopping_patience=train_params.early_stopping_patience,
+        extra_callbacks=extra_callbacks,
+    )
+    return result, state_dir
+
+
+def train_summary(result: training.FitResult, model: keras.Model, *, train_images: int, val_images: int) -> dict:
+    """What metrics/train/<name>.json reports: the best validation epoch, time and throughput."""
+    speeds = [s for s in result.history.get("train_images_per_s", []) if s]
+    return {
+        "best_epoch": result.best_epoch,
+        "best": {k: float(v) for k, v in result.best_metrics.items() if isinstance(v, int | float)},
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+        "resumed_after_epoch": result.resumed_epochs,
+        "train_seconds": round(result.train_seconds, 2),
+        # the first epoch includes tracing/compilation; the median of the rest is the steady-state speed
+        "train_images_per_s": round(float(np.median(speeds[1:] or speeds)), 1) if speeds else None,
+        "parameters": int(model.count_params()),
+        "train_images": train_images,
+        "val_images": val_images,
+        "selected_on": "validation split carved from train (test split not used)",
+    }
+
+
+def load_model(path: Path, *, rebuild_with: str) -> keras.Model:
+    """Load a saved model in Keras' safe mode; a missing or unreadable file names the command that rebuilds it."""
+    import realfake.models  # noqa: F401  (registers the custom layers saved models refer to)
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: model file not found; build it with `{rebuild_with}`")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (OSError, ValueError, TypeError) as exc:
+        raise DataError(f"{path}: not a loadable Keras model ({exc}); rebuild it with `{rebuild_with}`") from exc

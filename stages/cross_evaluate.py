@@ -1,0 +1,151 @@
+"""Stage `cross_evaluate`: every trained classifier on every test source (CIFAKE real, SD fakes, DCGAN fakes)."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, also inside `dvc exp run --temp` copies
+
+import numpy as np  # noqa: E402
+
+from realfake import evaluation, stage, tracking  # noqa: E402
+from realfake.errors import DataError, ParamsError, RealfakeError  # noqa: E402
+from realfake.fileio import atomic_path, load_arrays, write_json  # noqa: E402
+from realfake.params import load_params  # noqa: E402
+from realfake.plots import heatmap_png  # noqa: E402
+
+THREE_CLASSES = evaluation.SOURCE_KINDS  # the 3-class model's labels 0, 1, 2
+
+
+def read_arrays(paths, path: Path, producer: str) -> tuple[dict, str]:
+    """The arrays of one test file (its `images` checked to be uint8 RGB), and its path for messages."""
+    rel = str(path.relative_to(paths.root))
+    if not path.exists():
+        raise RealfakeError(f"{rel}: not found; create it with: dvc repro {producer}")
+    arrays = load_arrays(path)
+    images = arrays.get("images")
+    if images is None or images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise DataError(f"{rel}: expected `images` as uint8 (N, height, width, 3)")
+    return arrays, rel
+
+
+def load_sources(paths) -> dict[str, tuple[str, np.ndarray]]:
+    """source name -> (true kind, uint8 images); each source holds one kind and is named after it."""
+    cifake, cifake_rel = read_arrays(paths, paths.prepared_split("test"), "prepare")
+    dcgan, dcgan_rel = read_arrays(paths, paths.generated_split("test"), "generate")
+    if [str(name) for name in cifake.get("class_names", [])] != ["real", "fake"] or "labels" not in cifake:
+        raise DataError(f"{cifake_rel}: expected `labels` with class_names [real, fake]")
+    sources = {
+        "real": (cifake["images"][cifake["labels"] == 0], cifake_rel),
+        "sd_fake": (cifake["images"][cifake["labels"] == 1], cifake_rel),
+        "dcgan_fake": (dcgan["images"], dcgan_rel),
+    }
+    for name, (images, rel) in sources.items():
+        if len(images) == 0:
+            raise DataError(f"{rel}: holds no images for test source {name!r}")
+    return {name: (name, images) for name, (images, _) in sources.items()}
+
+
+def model_files(paths, params) -> dict[str, Path]:
+    """Every models.<name> section's saved model, checked to exist; the train_3class.model one last."""
+    three = params.train_3class.model
+    if three not in params.models:
+        raise ParamsError(f"train_3class.model: {three!r} is not a models.<name> section ({', '.join(params.models)})")
+    names = [name for name in params.models if name != three] + [three]
+    files = {name: paths.model_file(name) for name in names}
+    for name, path in files.items():
+        if not path.exists():
+            command = "dvc repro train_3class" if name == three else f"dvc repro train@{name}"
+            raise RealfakeError(f"{path.relative_to(paths.root)}: model not found; train it with: {command}")
+    return files
+
+
+def load_model(path: Path, rel: str, *, n_classes: int):
+    """A saved classifier, checked to output P(fake) (binary: 1 or 2 columns) or 3 class probabilities."""
+    import keras
+
+    import realfake.models  # noqa: F401  registers the custom layers that saved models refer to
+
+    model = keras.models.load_model(path)
+    width = model.output_shape[-1]
+    if width not in ((1, 2) if n_classes == 2 else (n_classes,)):
+        kind = "binary (1 or 2 outputs)" if n_classes == 2 else f"{n_classes}-class"
+        raise DataError(f"{rel}: has {width} outputs but should be {kind}; is train_3class.model right?")
+    return model
+
+
+def mlflow_metrics(scores: dict) -> dict:
+    """Scores with each interval as two numbers: MLflow keys like cnn.dcgan_fake.ci_low (lists are no metrics)."""
+    return {
+        model: {source: s | {"ci_low": s["ci"][0], "ci_high": s["ci"][1]} for source, s in by_source.items()}
+        for model, by_source in scores.items()
+    }
+
+
+def report(scores: dict, confusion: dict, *, threshold: float, confidence: float, three: str, files: list[str]) -> str:
+    """reports/cross_evaluate.md: what was scored and how, the share-correct table, the 3-class confusion."""
+    binary = ", ".join(name for name in scores if name != three)
+    return (
+        "# Cross-evaluation: every classifier on every test source\n\n"
+        f"Share of each source's images a model gets right, its {confidence:.0%} Wilson interval, and the "
+        "number of images. Sources: `real` and `sd_fake` are CIFAKE's test split (real photos and Stable "
+        f"Diffusion fakes, {files[0]}); `dcgan_fake` are the DCGAN's test fakes "
+        f"({files[1]}), a kind of fake the binary models never saw in training.\n\n"
+        f'"Correct" for a binary model ({binary}) means P(fake) >= {threshold} on a fake of either kind and '
+        f"P(fake) < {threshold} on a real image; for the 3-class model ({three}) it means the most probable "
+        "class is exactly the source's kind (real, sd_fake or dcgan_fake).\n\n"
+        + evaluation.cross_evaluation_table(scores)
+        + f"\n## {three}: confusion matrix over all sources\n\n"
+        + evaluation.confusion_table(confusion["matrix"], confusion["labels"])
+    )
+
+
+def score_all(files: dict[str, Path], sources: dict, *, ev, three: str, root: Path) -> dict:
+    """{model: {source: score}}, loading one model at a time."""
+    scores = {}
+    for name, path in files.items():
+        class_names = THREE_CLASSES if name == three else ("real", "fake")
+        model = load_model(path, str(path.relative_to(root)), n_classes=len(class_names))
+        scores[name] = evaluation.cross_evaluate_model(
+            model,
+            sources,
+            class_names=class_names,
+            batch_size=ev.batch_size,
+            threshold=ev.threshold,
+            confidence=ev.confidence,
+        )
+    return scores
+
+
+def main(paths, args) -> None:
+    params = load_params(args.params, sections=["base", "evaluate", "models", "train_3class"])
+    ev, three = params.evaluate, params.train_3class.model
+    files = model_files(paths, params)  # fail fast, before a long inference run
+    sources = load_sources(paths)
+    inputs = [str(p.relative_to(paths.root)) for p in (paths.prepared_split("test"), paths.generated_split("test"))]
+    section = {
+        "evaluate": {"batch_size": ev.batch_size, "threshold": ev.threshold, "confidence": ev.confidence},
+        "train_3class": {"model": three},
+        "models": list(files),
+    }
+    with tracking.stage_run(
+        "cross_evaluate", repo_root=paths.root, experiment=params.base.mlflow_experiment, params=section
+    ):
+        scores = score_all(files, sources, ev=ev, three=three, root=paths.root)
+        matrix = evaluation.confusion_by_kind(scores[three], class_names=THREE_CLASSES)
+        confusion = {"labels": list(THREE_CLASSES), "matrix": matrix}  # rows actual, columns predicted
+        metrics = {"threshold": ev.threshold, "confidence": ev.confidence, "scores": scores}
+        write_json(paths.metrics / "cross_evaluate.json", metrics | {"confusion": {three: confusion}})
+        heatmap = paths.plots / "cross_evaluate" / "heatmap.png"
+        with atomic_path(heatmap) as tmp:
+            heatmap_png(*evaluation.cross_evaluation_matrix(scores), "Share correct per test source", str(tmp))
+        text = report(scores, confusion, threshold=ev.threshold, confidence=ev.confidence, three=three, files=inputs)
+        with atomic_path(paths.reports / "cross_evaluate.md") as tmp:
+            tmp.write_text(text)
+        tracking.log_metrics(mlflow_metrics(scores))
+        tracking.log_artifacts(paths.metrics / "cross_evaluate.json", paths.reports / "cross_evaluate.md")
+        tracking.log_artifacts(heatmap, artifact_path="plots")
+
+
+if __name__ == "__main__":
+    stage.run(main, description=__doc__, root=ROOT)

@@ -1,0 +1,50 @@
+"""Shared by stage tests: tiny params files and tiny prepared arrays in a temporary project folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import yaml
+from cifake_fixture import synthetic_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_params(**overrides) -> dict:
+    """The repo's params with every size shrunk: 1-2 epochs, tiny batches, transfer models from scratch."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prepare"].update(per_class=20, val_fraction=0.2)
+    for spec in params["models"].values():
+        spec.update(epochs=1, batch_size=16)
+        if "weights" in spec:
+            spec["weights"] = None
+    params["evaluate"].update(n_bootstrap=50, batch_size=32)
+    params["dcgan"].update(noise_dim=8, dense_filters=8, g_filters=[8, 4], d_filters=[4, 8], epochs=1,
+                           batch_size=16, sample_every=1, sample_grid=2)  # fmt: skip
+    params["generate"].update(n_train=40, n_test=20, batch_size=16)
+    for section, values in overrides.items():
+        target = params
+        *parents, last = section.split(".")
+        for key in parents:
+            target = target[key]
+        target[last] = values if not isinstance(values, dict) else target[last] | values
+    return params
+
+
+def write_params(folder: Path, params: dict) -> argparse.Namespace:
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return argparse.Namespace(params=path)
+
+
+def write_prepared(root: Path, sizes=(("train", 64), ("val", 16), ("test", 24)), seed: int = 0) -> None:
+    """data/prepared/{train,val,test}.npz of synthetic images, half real (0) half fake (1)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "data" / "prepared"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, n in sizes:
+        labels = np.arange(n, dtype=np.uint8) % 2
+        images = np.stack([synthetic_image(rng, bool(label)) for label in labels])
+        np.savez(folder / f"{name}.npz", images=images, labels=labels, class_names=np.array(["real", "fake"]))

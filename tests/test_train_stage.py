@@ -1,0 +1,192 @@
+"""The classifier stages: train@<model>, evaluate@<model>, train_3class (run through their main())."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from stage_helpers import REPO, tiny_params, write_params, write_prepared
+
+sys.path.insert(0, str(REPO / "stages"))
+import evaluate as evaluate_stage  # noqa: E402
+import train as train_stage  # noqa: E402
+import train_3class as train_3class_stage  # noqa: E402
+
+from realfake.classifiers import build_classifier, load_model  # noqa: E402
+from realfake.errors import DataError, ParamsError, WeightsUnavailableError  # noqa: E402
+from realfake.params import load_params  # noqa: E402
+from realfake.paths import ProjectPaths  # noqa: E402
+from realfake.threeclass import three_class_splits  # noqa: E402
+
+
+def args_for(tmp_path, model, **overrides):
+    args = write_params(tmp_path, tiny_params(**overrides))
+    args.model = model
+    return args
+
+
+def only_run(uri, stage):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("realfake")
+    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("stage") == stage]
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+@pytest.mark.parametrize("name", ["cnn", "efficientnet", "resnet50", "efficientnet_3class"])
+def test_build_every_model_from_params(tmp_path, name):
+    params = load_params(write_params(tmp_path, tiny_params()).params)
+    classes = 3 if name.endswith("3class") else 2
+    model = build_classifier(name, params.models[name], input_shape=(32, 32, 3), num_classes=classes, seed=0)
+    assert model.input_shape == (None, 32, 32, 3)
+    assert model.output_shape == (None, 1 if name == "cnn" else classes)
+
+
+def test_cnn_cannot_have_three_classes(tmp_path):
+    params = load_params(write_params(tmp_path, tiny_params()).params)
+    with pytest.raises(ParamsError, match="models.cnn.architecture: cnn has one sigmoid output"):
+        build_classifier("cnn", params.models["cnn"], input_shape=(32, 32, 3), num_classes=3, seed=0)
+
+
+def test_train_then_evaluate_write_every_declared_output(tmp_path, mlflow_uri):
+    write_prepared(tmp_path)
+    paths = ProjectPaths(tmp_path)
+    train_stage.main(paths, args_for(tmp_path, "cnn"))
+    for out in ("models/cnn.keras", "plots/train/cnn.csv", "metrics/train/cnn.json"):
+        assert (tmp_path / out).is_file(), out
+    summary = json.loads((tmp_path / "metrics/train/cnn.json").read_text())
+    assert summary["epochs_run"] == 1 and summary["best_epoch"] == 1 and summary["train_images"] == 64
+    assert not any((paths.state / "train").glob("cnn/*")), "state is cleared after a finished training"
+    client, run = only_run(mlflow_uri, "train")
+    assert run.info.status == "FINISHED" and "val_accuracy" in run.data.metrics
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
+
+    evaluate_stage.main(paths, args_for(tmp_path, "cnn"))
+    report = json.loads((tmp_path / "metrics/evaluate/cnn.json").read_text())
+    assert report["n"] == 24 and 0 <= report["accuracy"] <= 1
+    assert report["accuracy_ci"][0] <= report["accuracy"] <= report["accuracy_ci"][1]
+    assert (tmp_path / "reports/evaluate/cnn.txt").read_text().count("real") >= 1
+    roc = json.loads((tmp_path / "plots/evaluate/cnn/roc.json").read_text())
+    assert roc[0]["fpr"] == 0 and roc[-1]["tpr"] == 1
+    confusion = json.loads((tmp_path / "plots/evaluate/cnn/confusion.json").read_text())
+    assert len(confusion) == 24
+    # Evaluation used the saved model: its accuracy equals a direct prediction of the reloaded file.
+    model = load_model(tmp_path / "models/cnn.keras", rebuild_with="x")
+    with np.load(tmp_path / "data/prepared/test.npz") as test:
+        direct = ((model.predict(test["images"].astype("float32"), verbose=0)[:, 0] >= 0.5) == test["labels"]).mean()
+    assert report["accuracy"] == pytest.approx(direct)
+
+
+def test_unknown_model_name(tmp_path, mlflow_uri):
+    write_prepared(tmp_path)
+    with pytest.raises(ParamsError, match=r"no section models.vgg; defined models: cnn, efficientnet"):
+        train_stage.main(ProjectPaths(tmp_path), args_for(tmp_path, "vgg"))
+
+
+def test_prepared_file_with_wrong_shape(tmp_path, mlflow_uri):
+    write_prepared(tmp_path)
+    bad = tmp_path / "data/prepared/train.npz"
+    np.savez(bad, images=np.zeros((4, 28, 28, 3), np.uint8), labels=np.zeros(4, np.uint8),
+             class_names=np.array(["real", "fake"]))  # fmt: skip
+    with pytest.raises(DataError, match=r"train\.npz: images are uint8 \(4, 28, 28, 3\), expected uint8 .*dvc repro"):
+        train_stage.main(ProjectPaths(tmp_path), args_for(tmp_path, "cnn"))
+    _, run = only_run(mlflow_uri, "train")
+    assert run.info.status == "FAILED"
+
+
+def test_imagenet_weights_unreachable(tmp_path, mlflow_uri, monkeypatch):
+    import keras
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    write_prepared(tmp_path)
+    args = args_for(tmp_path, "resnet50", **{"models.resnet50": {"weights": "imagenet"}})
+    with pytest.raises(WeightsUnavailableError) as info:
+        train_stage.main(ProjectPaths(tmp_path), args)
+    message = str(info.value)
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert str(tmp_path / "keras" / "models") in message
+    assert "dvc exp run -S models.resnet50.weights=null" in message
+
+
+def test_missing_model_for_evaluation(tmp_path, mlflow_uri):
+    write_prepared(tmp_path)
+    with pytest.raises(DataError, match=r"cnn\.keras: model file not found; build it with `dvc repro train@cnn`"):
+        evaluate_stage.main(ProjectPaths(tmp_path), args_for(tmp_path, "cnn"))
+
+
+def test_interrupted_training_resumes_from_next_epoch(tmp_path, mlflow_uri):
+    """SIGTERM the real stage script after its first finished epoch; the rerun continues from epoch 2."""
+    write_prepared(tmp_path, sizes=(("train", 3000), ("val", 200), ("test", 10)))
+    args = args_for(tmp_path, "cnn", **{"models.cnn": {"epochs": 4, "batch_size": 32}})
+    state = ProjectPaths(tmp_path).state / "train" / "cnn"
+    script = REPO / "stages" / "train.py"
+    # The script resolves its project root from its own location; run a copy placed in tmp_path/stages.
+    (tmp_path / "stages").mkdir()
+    bootstrap = f"ROOT = Path({str(tmp_path)!r})\nsys.path.insert(0, {str(REPO / 'src')!r})"
+    source = script.read_text().replace("ROOT = Path(__file__).resolve().parents[1]", bootstrap)
+    (tmp_path / "stages" / "train.py").write_text(source)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "stages" / "train.py"), "--params", str(args.params),
+                             "--model", "cnn"], env=os.environ.copy())  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        progress = list(state.glob("*/progress.json"))
+        if progress and len(json.loads(progress[0].read_text())["history"]) >= 1:
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    assert proc.wait(timeout=60) != 0, "the training was expected to be killed mid-run"
+    done = len(json.loads(next(state.glob("*/progress.json")).read_text())["history"])
+    assert 1 <= done < 4
+
+    train_stage.main(ProjectPaths(tmp_path), args)
+    summary = json.loads((tmp_path / "metrics/train/cnn.json").read_text())
+    assert summary["resumed_after_epoch"] == done and summary["epochs_run"] == 4
+    history = (tmp_path / "plots/train/cnn.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3", "4"]
+
+
+def test_three_class_splits_keep_dcgan_validation_apart():
+    rng = np.random.default_rng(0)
+    from realfake.prepare import Split
+
+    binary = Split(rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8), np.arange(12, dtype=np.uint8) % 2,
+                   ("real", "fake"))  # fmt: skip
+    dcgan = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    train, val = three_class_splits(binary, binary, dcgan, val_fraction=0.2, augmentations=("hflip",), seed=1)
+    assert train.class_names == ("real", "sd_fake", "dcgan_fake")
+    assert train.counts() == {"real": 6, "sd_fake": 6, "dcgan_fake": 16} and val.counts()["dcgan_fake"] == 2
+    val_dcgan = {img.tobytes() for img in val.images[val.labels == 2]}
+    train_dcgan = {img.tobytes() for img in train.images[train.labels == 2]}
+    mirrored = {img[:, ::-1].tobytes() for img in val.images[val.labels == 2]}
+    assert not (val_dcgan | mirrored) & train_dcgan
+
+
+def test_train_3class_stage(tmp_path, mlflow_uri):
+    write_prepared(tmp_path)
+    generated = tmp_path / "data/generated"
+    generated.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    np.savez(generated / "train.npz", images=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8))
+    args = write_params(tmp_path, tiny_params())
+    train_3class_stage.main(ProjectPaths(tmp_path), args)
+    summary = json.loads((tmp_path / "metrics/train/efficientnet_3class.json").read_text())
+    assert summary["train_images"] == 64 + 18 * 3  # prepared train + 18 DCGAN train images with rot90, hflip copies
+    model = load_model(tmp_path / "models/efficientnet_3class.keras", rebuild_with="x")
+    assert model.output_shape == (None, 3)
+    _, run = only_run(mlflow_uri, "train_3class")
+    assert run.data.metrics["images.train.dcgan_fake"] == 54
+
+
+def test_train_3class_without_generated_images(tmp_path, mlflow_uri):
+    write_prepared(tmp_path)
+    with pytest.raises(DataError, match=r"generated/train\.npz: DCGAN images not found.*dvc repro generate"):
+        train_3class_stage.main(ProjectPaths(tmp_path), write_params(tmp_path, tiny_params()))

@@ -1,0 +1,281 @@
+"""Tests for realfake.training: input pipeline, compile helpers and the resumable, validation-selected fit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import resume_worker
+import tensorflow as tf
+
+from realfake import training
+
+WORKER = Path(__file__).with_name("resume_worker.py")
+
+
+def dihedral(image: np.ndarray) -> list[np.ndarray]:
+    """The 8 symmetries of a square image: 4 quarter turns of it and of its mirror image."""
+    return [np.rot90(base, k) for base in (image, image[:, ::-1]) for k in range(4)]
+
+
+def epoch_batches(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in ds), strict=True)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(7).integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
+
+
+class CountBatches(keras.callbacks.Callback):
+    """Records which epochs ran (0-based) and how many train batches; optionally freezes the weights."""
+
+    def __init__(self, freeze: bool = False):
+        super().__init__()
+        self.freeze, self.epochs, self.batches, self.start_iterations = freeze, [], 0, None
+
+    def on_train_begin(self, logs=None):
+        # Runs after BackupAndRestore's on_train_begin: sees the restored optimizer step count.
+        self.start_iterations = int(self.model.optimizer.iterations)
+        if self.freeze:
+            self.model.optimizer.learning_rate = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
+# ----------------------------------------------------------------------------- make_dataset
+
+
+def test_dataset_yields_float_batches_covering_every_image_once(images):
+    ds = training.make_dataset(images, np.arange(100), batch_size=32, shuffle=True, seed=1, augment=("hflip", "rot90"))
+    assert ds.element_spec[0].dtype == tf.float32 and ds.element_spec[1].dtype == tf.int32
+    shapes = [(x.shape, y.shape) for x, y in ds]
+    assert shapes == [((32, 32, 32, 3), (32,))] * 3 + [((4, 32, 32, 3), (4,))]
+    for _ in range(2):
+        x, y = epoch_batches(ds)
+        assert sorted(y) == list(range(100))
+        assert x.min() >= 0 and x.max() <= 255 and np.array_equal(x, np.round(x))
+
+
+def test_shuffle_changes_every_epoch_and_repeats_for_the_same_seed(images):
+    def orders(seed: int) -> list[list[int]]:
+        training.seed_everything(0)
+        ds = training.make_dataset(images, np.arange(100), batch_size=16, shuffle=True, seed=seed, augment=())
+        return [epoch_batches(ds)[1].tolist() for _ in range(2)]
+
+    first, again, other = orders(1), orders(1), orders(2)
+    assert first[0] != first[1]
+    assert first == again
+    assert first[0] != other[0]
+
+
+def test_eval_dataset_keeps_order_and_pixels(images):
+    ds = training.make_dataset(images, np.arange(100), batch_size=30, shuffle=False, seed=0, augment=())
+    x, y = epoch_batches(ds)
+    assert y.tolist() == list(range(100))
+    np.testing.assert_array_equal(x, images.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("augment", "allowed"),
+    [(("hflip",), {0, 4}), (("rot90",), {0, 1, 2, 3}), (("hflip", "rot90"), set(range(8)))],
+)
+def test_augmentation_only_flips_and_rotates(images, augment, allowed):
+    ds = training.make_dataset(images, np.arange(100), batch_size=25, shuffle=True, seed=3, augment=augment)
+    seen = set()
+    for _ in range(2):
+        x, y = epoch_batches(ds)
+        for image, source in zip(x.astype(np.uint8), y, strict=True):
+            matches = [i for i, t in enumerate(dihedral(images[source])) if np.array_equal(image, t)]
+            assert matches, f"image {source} is not a flip/rotation of its source"
+            seen.add(matches[0])  # random noise images have no symmetry, so the match is unique
+    assert seen == allowed
+
+
+def test_unknown_augmentation_is_named(images):
+    with pytest.raises(ValueError, match="'zoom'.*hflip"):
+        training.make_dataset(images, np.arange(100), batch_size=8, shuffle=False, seed=0, augment=("zoom",))
+
+
+def test_pipeline_holds_no_float32_copy_of_the_data():
+    def rss_mb() -> float:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    n = 50_000  # 150 MB as uint8; a float32 copy would add 600 MB
+    big = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    ds = training.make_dataset(big, np.zeros(n), batch_size=500, shuffle=True, seed=0, augment=("hflip", "rot90"))
+    before = rss_mb()
+    seen = sum(int(y.shape[0]) for _, y in ds)
+    assert seen == n
+    assert rss_mb() - before < 150
+
+
+# ----------------------------------------------------------------------------- optimizers, compile, strategy
+
+
+@pytest.mark.parametrize("name", ["adam", "adamax", "adamw", "sgd"])
+def test_build_optimizer(name):
+    optimizer = training.build_optimizer(name, learning_rate=0.002)
+    assert type(optimizer).__name__.lower() == name
+    assert float(optimizer.learning_rate) == pytest.approx(0.002)
+
+
+def test_build_optimizer_rejects_unknown_names():
+    with pytest.raises(ValueError, match="'rmsprop'.*adamax"):
+        training.build_optimizer("rmsprop", learning_rate=0.1)
+
+
+@pytest.mark.parametrize(
+    ("units", "loss", "metric"),
+    [
+        (1, keras.losses.BinaryCrossentropy, "BinaryAccuracy"),
+        (3, keras.losses.SparseCategoricalCrossentropy, "SparseCategoricalAccuracy"),
+    ],
+)
+def test_compile_classifier_picks_loss_from_output_units(images, units, loss, metric):
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(units)])
+    training.compile_classifier(model, optimizer=keras.optimizers.SGD(), jit_compile=False)
+    assert isinstance(model.loss, loss)
+    ds = training.make_dataset(images, np.arange(100) % 2, batch_size=50, shuffle=False, seed=0, augment=())
+    logs = model.evaluate(ds, return_dict=True, verbose=0)  # integer labels work with either loss
+    assert set(logs) == {"loss", "accuracy"}
+    assert type(model.metrics[-1].metrics[0]).__name__ == metric
+
+
+def test_distribution_strategy():
+    assert training.distribution_strategy("default").num_replicas_in_sync == 1
+    if len(tf.config.list_logical_devices("GPU")) < 2:
+        assert not isinstance(training.distribution_strategy("auto"), tf.distribute.MirroredStrategy)
+    assert isinstance(training.distribution_strategy("mirrored"), tf.distribute.MirroredStrategy)
+    with pytest.raises(ValueError, match="'tpu'.*mirrored"):
+        training.distribution_strategy("tpu")
+
+
+# ----------------------------------------------------------------------------- fit_classifier
+
+
+def fit(
+    state_dir: Path,
+    *,
+    epochs: int,
+    learning_rate: float,
+    patience: int | None = None,
+    callbacks=(),
+    fingerprint: str = "fp",
+    monitor: str = "val_loss",
+    mode: str = "min",
+) -> training.FitResult:
+    train, val = resume_worker.datasets()
+    model = resume_worker.compiled_model(learning_rate=learning_rate)
+    return training.fit_classifier(
+        model,
+        train,
+        val,
+        epochs=epochs,
+        state_dir=state_dir,
+        fingerprint=fingerprint,
+        monitor=monitor,
+        mode=mode,
+        early_stopping_patience=patience,
+        extra_callbacks=callbacks,
+    )
+
+
+def test_fit_returns_the_best_validation_epoch_and_reuses_a_finished_state(tmp_path, caplog):
+    # Selecting the HIGHEST val_loss makes the best epoch an early one (the loss falls while training), so the
+    # check below can tell the best epoch's weights from the last epoch's.
+    result = fit(tmp_path, epochs=4, learning_rate=0.05, mode="max")
+    val_loss = result.history["val_loss"]
+    assert result.history["epoch"] == [1, 2, 3, 4] and result.epochs_run == 4
+    assert result.best_epoch == 1 + int(np.argmax(val_loss)) < 4
+    assert result.best_metrics["val_loss"] == val_loss[result.best_epoch - 1]
+    assert not result.stopped_early and result.resumed_epochs == 0
+    _, val = resume_worker.datasets()
+    evaluated = result.model.evaluate(val, return_dict=True, verbose=0)["loss"]
+    assert evaluated == pytest.approx(max(val_loss), rel=1e-5) and evaluated != pytest.approx(val_loss[-1])
+    speeds = np.array(result.history["train_images_per_s"])
+    np.testing.assert_allclose(speeds, resume_worker.N_TRAIN / np.array(result.history["train_seconds"]))
+    assert result.train_seconds == pytest.approx(sum(result.history["train_seconds"]))
+    assert [p.name for p in tmp_path.glob("best-*")] == [f"best-epoch{result.best_epoch:04d}.weights.h5"]
+    assert not (tmp_path / training.BACKUP).exists()
+
+    again_counter = CountBatches()
+    again = fit(tmp_path, epochs=4, learning_rate=0.05, mode="max", callbacks=[again_counter])
+    assert again_counter.batches == 0 and again.history == result.history and again.resumed_epochs == 4
+
+    with caplog.at_level(logging.WARNING, logger="realfake.training"):
+        fresh = fit(tmp_path, epochs=1, learning_rate=0.05, fingerprint="other params")
+    assert "starting over" in caplog.text and fresh.history["epoch"] == [1]
+
+
+def test_early_stopping_counts_epochs_without_improvement(tmp_path):
+    counter = CountBatches(freeze=True)  # learning rate 0: no epoch after the first can improve
+    result = fit(tmp_path, epochs=5, learning_rate=0.01, patience=2, callbacks=[counter])
+    assert result.stopped_early and result.best_epoch == 1
+    assert result.history["epoch"] == [1, 2, 3] and counter.epochs == [0, 1, 2]
+
+
+def test_monitor_must_be_a_validation_metric(tmp_path):
+    with pytest.raises(ValueError, match="validation"):
+        fit(tmp_path, epochs=1, learning_rate=0.01, monitor="loss")
+
+
+def test_resume_after_sigterm_continues_with_the_next_epoch(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    killed = subprocess.run([sys.executable, str(WORKER), str(tmp_path)], env=env, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGTERM, killed.stderr[-3000:]
+    before = json.loads((tmp_path / training.PROGRESS).read_text())
+    assert [e["epoch"] for e in before["history"]] == [1] and before["best_epoch"] == 1
+
+    counter = CountBatches(freeze=True)  # later epochs can then only tie epoch 1, never beat it
+    result = resume_worker.fit(tmp_path, [counter])
+    steps = resume_worker.N_TRAIN // resume_worker.BATCH
+    assert counter.start_iterations == steps  # weights and optimizer state came from the backup
+    assert counter.epochs == [1, 2] and counter.batches == 2 * steps  # epoch 1 was not retrained
+    assert result.history["epoch"] == [1, 2, 3] and result.resumed_epochs == 1
+    assert result.history["val_loss"][0] == before["history"][0]["val_loss"]  # carried over, not recomputed
+    # Frozen weights restored from the backup score exactly what epoch 1 scored (a restart would not).
+    assert result.history["val_loss"][1:] == pytest.approx([before["history"][0]["val_loss"]] * 2, rel=1e-5)
+    # The best-so-far survived: a forgetful run would have called its own first epoch (2) the best.
+    assert result.best_epoch == 1
+    assert result.best_metrics["val_accuracy"] == before["history"][0]["val_accuracy"]
+
+
+class InterruptMidEpoch(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt (what SIGINT does) in the middle of the second epoch."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.model.optimizer.iterations >= 5:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_keyboard_interrupt_drops_an_unbacked_epoch_record(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        resume_worker.fit(tmp_path, [InterruptMidEpoch()])
+    progress = json.loads((tmp_path / training.PROGRESS).read_text())
+    assert [e["epoch"] for e in progress["history"]] == [1]
+    # Pretend the process died after recording epoch 2 but before Keras backed it up: epoch 2 must be redone
+    # and its orphaned record and best weights dropped, falling back to epoch 1.
+    progress["history"].append({**progress["history"][0], "epoch": 2, "val_accuracy": 2.0})
+    progress["best_epoch"] = 2
+    (tmp_path / training.PROGRESS).write_text(json.dumps(progress))
+    (tmp_path / "best-epoch0002.weights.h5").write_bytes(b"orphan")
+
+    counter = CountBatches(freeze=True)
+    result = resume_worker.fit(tmp_path, [counter])
+    assert counter.epochs == [1, 2]
+    assert result.history["epoch"] == [1, 2, 3] and max(result.history["val_accuracy"]) <= 1
+    assert result.best_epoch == 1
