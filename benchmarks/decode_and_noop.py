@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -57,15 +56,25 @@ def noop_repro(archive: Path) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "repo"
-        shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(".venv", ".git", "data", ".cache", "mlflow.db",
-                                                                    "mlartifacts", "models", "__pycache__"))
+        shutil.copytree(
+            REPO,
+            work,
+            ignore=shutil.ignore_patterns(
+                ".venv", ".git", "data", ".cache", "mlflow.db", "mlartifacts", "models", "__pycache__"
+            ),
+        )
         params = yaml.safe_load((work / "params.yaml").read_text())
         params["data"].update(source="archive", archive=str(archive))
         (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-                            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
-        for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "b"]):
+        env = os.environ | {
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db",
+        }
+        for cmd in (
+            ["git", "init", "-q"],
+            ["git", "add", "-A"],
+            ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "b"],
+        ):
             subprocess.run(cmd, cwd=work, check=True, env=env)
         dvc = [sys.executable, "-m", "dvc"]
         t = time.perf_counter()
@@ -74,8 +83,9 @@ def noop_repro(archive: Path) -> dict:
         times = []
         for _ in range(3):
             t = time.perf_counter()
-            out = subprocess.run([*dvc, "repro", "download", "prepare"], cwd=work, check=True, env=env,
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                [*dvc, "repro", "download", "prepare"], cwd=work, check=True, env=env, capture_output=True, text=True
+            )
             times.append(time.perf_counter() - t)
             assert "didn't change" in out.stdout or "up to date" in out.stdout, out.stdout
         return {"first_repro_s": round(first, 1), "noop_repro_s": [round(x, 2) for x in times]}

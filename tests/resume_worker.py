@@ -43,7 +43,7 @@ def compiled_model(*, learning_rate: float) -> keras.Model:
     outputs = keras.layers.Dense(1, activation="sigmoid")(x)
     model = keras.Model(inputs, outputs)
     optimizer = training.build_optimizer("adam", learning_rate=learning_rate)
-    return training.compile_classifier(model, optimizer=optimizer, jit_compile=False)
+    return training.compile_classifier(model, optimizer=optimizer, jit_compile=False, run_eagerly=False)
 
 
 def fit(state_dir: Path, extra_callbacks=(), *, learning_rate: float = 0.01) -> training.FitResult:

@@ -16,6 +16,7 @@ def tiny_params(**overrides) -> dict:
     """The repo's params with every size shrunk: 1-2 epochs, tiny batches, transfer models from scratch."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["prepare"].update(per_class=20, val_fraction=0.2)
+    params["train"]["run_eagerly"] = True  # tracing EfficientNetV2B3 costs about a minute; 1-epoch runs skip it
     for spec in params["models"].values():
         spec.update(epochs=1, batch_size=16)
         if "weights" in spec:

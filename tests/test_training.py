@@ -147,7 +147,7 @@ def test_build_optimizer_rejects_unknown_names():
 )
 def test_compile_classifier_picks_loss_from_output_units(images, units, loss, metric):
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(units)])
-    training.compile_classifier(model, optimizer=keras.optimizers.SGD(), jit_compile=False)
+    training.compile_classifier(model, optimizer=keras.optimizers.SGD(), jit_compile=False, run_eagerly=False)
     assert isinstance(model.loss, loss)
     ds = training.make_dataset(images, np.arange(100) % 2, batch_size=50, shuffle=False, seed=0, augment=())
     logs = model.evaluate(ds, return_dict=True, verbose=0)  # integer labels work with either loss

@@ -100,6 +100,7 @@ def train_classifier(
             model,
             optimizer=training.build_optimizer(spec.optimizer, learning_rate=spec.learning_rate),
             jit_compile=train_params.jit_compile,
+            run_eagerly=train_params.run_eagerly,
         )
     train_ds = training.make_dataset(
         train.images, train.labels, batch_size=spec.batch_size, shuffle=True, seed=seed, augment=spec.augment

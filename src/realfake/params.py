@@ -149,6 +149,7 @@ class TrainParams:
     monitor_mode: Literal["max", "min"]
     early_stopping_patience: int | None
     jit_compile: bool
+    run_eagerly: bool
 
     def validate(self, key: str) -> None:
         require_positive(key, early_stopping_patience=self.early_stopping_patience)
@@ -245,10 +246,12 @@ class DcganParams:
     batch_size: int
     sample_every: int
     sample_grid: int
+    max_images: int | None
 
     def validate(self, key: str) -> None:
         require_positive(
             key,
+            max_images=self.max_images,
             noise_dim=self.noise_dim,
             dense_filters=self.dense_filters,
             kernel_size=self.kernel_size,

@@ -163,6 +163,7 @@ def compile_classifier(
     *,
     optimizer: keras.optimizers.Optimizer,
     jit_compile: bool | Literal["auto"],
+    run_eagerly: bool,
 ) -> keras.Model:
     """Compile for integer labels: one sigmoid unit -> binary cross-entropy, else softmax -> sparse categorical.
 
@@ -177,7 +178,7 @@ def compile_classifier(
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
         accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-    model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy], jit_compile=jit_compile)
+    model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy], jit_compile=jit_compile, run_eagerly=run_eagerly)
     return model
 
 

@@ -6,11 +6,14 @@ a `keras.Model` subclass with its own `compile` and `train_step`, so `fit()` and
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers, ops
+
+from realfake.errors import RealfakeError
 
 # CIFAKE images are 32x32 RGB: a fact of the data, not a hyperparameter.
 IMAGE_SHAPE = (32, 32, 3)
@@ -92,6 +95,56 @@ def generate_images(generator: keras.Model, *, count: int, noise_dim: int, seed:
     """
     noise = np.random.default_rng(seed).standard_normal((count, noise_dim)).astype(np.float32)
     return generated_to_uint8(generator.predict(noise, batch_size=batch_size, verbose=0))
+
+
+def load_generator(path: Path) -> keras.Model:
+    """Load a saved generator in safe mode and check it maps noise (noise_dim,) to (32, 32, 3) images.
+
+    Raises RealfakeError naming the file when it is missing, unreadable or of another shape.
+    """
+    path = Path(path)
+    remedy = "run `dvc repro train_dcgan` to train and save the generator"
+    if not path.is_file():
+        raise RealfakeError(f"{path}: DCGAN generator not found; {remedy}")
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras reports damaged or foreign files as ValueError, OSError, zip errors, ...
+        raise RealfakeError(f"{path}: not a loadable Keras model ({exc}); {remedy}") from None
+    inputs, outputs = model.inputs, model.outputs
+    if len(inputs) != 1 or len(inputs[0].shape) != 2 or len(outputs) != 1 or tuple(outputs[0].shape[1:]) != IMAGE_SHAPE:
+        got = f"{[tuple(t.shape) for t in inputs]} -> {[tuple(t.shape) for t in outputs]}"
+        raise RealfakeError(
+            f"{path}: expected a generator mapping noise (batch, noise_dim) to images (batch, 32, 32, 3), "
+            f"got {got}; {remedy}"
+        )
+    return model
+
+
+def build_dcgan(
+    *,
+    noise_dim: int,
+    dense_filters: int,
+    g_filters: Sequence[int],
+    d_filters: Sequence[int],
+    kernel_size: int,
+    dropout: float,
+    learning_rate: float,
+    seed: int,
+) -> "DCGAN":
+    """The seed's DCGAN, compiled: BCE from logits, one Adam(learning_rate) per network, noise seeded by `seed`."""
+    generator = build_generator(
+        noise_dim=noise_dim, dense_filters=dense_filters, filters=g_filters, kernel_size=kernel_size
+    )
+    discriminator = build_discriminator(
+        input_shape=IMAGE_SHAPE, filters=d_filters, kernel_size=kernel_size, dropout=dropout
+    )
+    gan = DCGAN(generator, discriminator, noise_dim=noise_dim, seed=seed)
+    gan.compile(
+        d_optimizer=keras.optimizers.Adam(learning_rate),
+        g_optimizer=keras.optimizers.Adam(learning_rate),
+        loss_fn=keras.losses.BinaryCrossentropy(from_logits=True),
+    )
+    return gan
 
 
 class DCGAN(keras.Model):

@@ -1,0 +1,67 @@
+"""Stage `generate`: seeded DCGAN fakes for training and testing, stored as CIFAKE stores its images (JPEG,
+quality 75, 4:2:0) in one zip, and decoded back from those JPEG bytes into uint8 arrays for the classifiers.
+
+Noise seeds: train images use base.seed, test images base.seed + 1, so the two sets never share a noise vector.
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, also inside `dvc exp run --temp` copies
+
+import numpy as np  # noqa: E402
+
+import realfake.models  # noqa: E402, F401  (registers the custom layers saved models may need)
+from realfake import generation, stage, tracking  # noqa: E402
+from realfake.fileio import atomic_path, save_arrays, write_json  # noqa: E402
+from realfake.models.dcgan import generate_images, load_generator  # noqa: E402
+from realfake.params import load_params  # noqa: E402
+
+log = logging.getLogger("realfake.stages.generate")
+
+
+def main(paths, args) -> None:
+    params = load_params(args.params, sections=["base", "generate"])
+    g, seed = params.generate, params.base.seed
+    section = {"seed": seed, "generate": params.raw["generate"]}
+    with tracking.stage_run("generate", repo_root=paths.root, experiment=params.base.mlflow_experiment, params=section):
+        generator = load_generator(paths.model_file("dcgan_generator"))
+        noise_dim = int(generator.inputs[0].shape[-1])
+        counts = {"train": g.n_train, "test": g.n_test}
+        seeds = {"train": seed, "test": seed + 1}
+
+        jpegs: dict[str, list[bytes]] = {}
+        report: dict = {"jpeg": {"quality": g.jpeg_quality, "subsampling": g.jpeg_subsampling}}
+        for split, count in counts.items():
+            images = generate_images(
+                generator, count=count, noise_dim=noise_dim, seed=seeds[split], batch_size=g.batch_size
+            )
+            jpegs[split] = generation.encode_jpegs(images, quality=g.jpeg_quality, subsampling=g.jpeg_subsampling)
+            # Consumers get the pixels a stored JPEG decodes to, never the generator's raw output.
+            stored = generation.decode_jpegs(jpegs[split])
+            save_arrays(paths.generated_split(split), images=stored)
+            sizes = np.array([len(b) for b in jpegs[split]])
+            report[split] = {
+                "images": count,
+                "noise_seed": seeds[split],
+                "mean_bytes": float(sizes.mean()),
+                # What JPEG changed: mean absolute difference in pixel levels 0..255.
+                "jpeg_mean_abs_error": float(np.abs(stored.astype(np.int16) - images).mean()),
+            }
+            log.info("%s: %d images, %.0f bytes per JPEG", split, count, sizes.mean())
+        report["mean_bytes"] = float(np.mean([len(b) for blobs in jpegs.values() for b in blobs]))
+
+        members = (
+            (generation.member_name(split, i), data) for split, blobs in jpegs.items() for i, data in enumerate(blobs)
+        )
+        with atomic_path(paths.generated_jpegs) as tmp:
+            generation.write_zip(tmp, members)
+        write_json(paths.metrics / "generate.json", report)
+        tracking.log_metrics(report)
+        tracking.log_artifacts(paths.metrics / "generate.json")
+
+
+if __name__ == "__main__":
+    stage.run(main, description=__doc__, root=ROOT)
