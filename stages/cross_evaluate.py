@@ -9,12 +9,12 @@ sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, also inside `d
 import numpy as np  # noqa: E402
 
 from realfake import evaluation, stage, tracking  # noqa: E402
+from realfake.classifiers import load_model  # noqa: E402
 from realfake.errors import DataError, ParamsError, RealfakeError  # noqa: E402
 from realfake.fileio import atomic_path, load_arrays, write_json  # noqa: E402
 from realfake.params import load_params  # noqa: E402
 from realfake.plots import heatmap_png  # noqa: E402
-
-THREE_CLASSES = evaluation.SOURCE_KINDS  # the 3-class model's labels 0, 1, 2
+from realfake.threeclass import THREE_CLASSES  # noqa: E402
 
 
 def read_arrays(paths, path: Path, producer: str) -> tuple[dict, str]:
@@ -60,13 +60,9 @@ def model_files(paths, params) -> dict[str, Path]:
     return files
 
 
-def load_model(path: Path, rel: str, *, n_classes: int):
+def load_checked_model(path: Path, rel: str, *, n_classes: int, rebuild_with: str):
     """A saved classifier, checked to output P(fake) (binary: 1 or 2 columns) or 3 class probabilities."""
-    import keras
-
-    import realfake.models  # noqa: F401  registers the custom layers that saved models refer to
-
-    model = keras.models.load_model(path)
+    model = load_model(path, rebuild_with=rebuild_with)
     width = model.output_shape[-1]
     if width not in ((1, 2) if n_classes == 2 else (n_classes,)):
         kind = "binary (1 or 2 outputs)" if n_classes == 2 else f"{n_classes}-class"
@@ -105,7 +101,8 @@ def score_all(files: dict[str, Path], sources: dict, *, ev, three: str, root: Pa
     scores = {}
     for name, path in files.items():
         class_names = THREE_CLASSES if name == three else ("real", "fake")
-        model = load_model(path, str(path.relative_to(root)), n_classes=len(class_names))
+        rebuild = "dvc repro train_3class" if name == three else f"dvc repro train@{name}"
+        model = load_checked_model(path, str(path.relative_to(root)), n_classes=len(class_names), rebuild_with=rebuild)
         scores[name] = evaluation.cross_evaluate_model(
             model,
             sources,

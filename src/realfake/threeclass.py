@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from realfake.errors import DataError
+from realfake.evaluation import SOURCE_KINDS
 from realfake.prepare import Split, augment, shuffled
 
-THREE_CLASSES = ("real", "sd_fake", "dcgan_fake")
+THREE_CLASSES = SOURCE_KINDS  # label 0 real, 1 Stable Diffusion fake, 2 DCGAN fake
 
 
 def three_class_splits(

@@ -98,9 +98,11 @@ def stage_run(
     mlflow.set_tracking_uri(tracking_uri(repo_root))
     _with_retries(lambda: _use_experiment(experiment, repo_root))
     run = _with_retries(lambda: mlflow.start_run(run_name=run_name or stage, tags=run_tags(stage, repo_root)))
+    started = time.perf_counter()
     try:
         log_params(params)
         yield run
+        log_metrics(resource_usage(started), prefix="stage.")
     except KeyboardInterrupt:
         mlflow.end_run(status="KILLED")
         raise
@@ -109,6 +111,15 @@ def stage_run(
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+def resource_usage(started: float) -> dict[str, float]:
+    """Wall time since `started` and the peak resident memory of this process and its finished children."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"wall_seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(max(own, children), 1)}
 
 
 def log_params(params: Mapping[str, Any]) -> None:

@@ -14,6 +14,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -413,7 +414,8 @@ def fit_classifier(
             epochs=epochs,
             callbacks=[tracker, backup, *extra_callbacks],
             shuffle=False,  # the dataset shuffles itself; this only silences Keras' warning
-            verbose="auto",  # Keras' progress bar while an epoch runs; _Progress logs one line per epoch
+            # A live progress bar in a terminal; in logs (dvc repro piped, CI) one line per epoch instead.
+            verbose=1 if sys.stdout.isatty() else 2,
         )
         carried = tracker.first_epoch if tracker.first_epoch is not None else len(progress["history"])
     else:

@@ -1,0 +1,137 @@
+"""Two experiments queued with `dvc exp run --queue` and run by `dvc queue start -j 2` both log completely to MLflow.
+
+MLFLOW_TRACKING_URI is left unset, so the real user path is exercised: each queued experiment runs in a copy under
+.dvc/tmp/exps, DVC sets DVC_ROOT to the main repo, and both write one `sqlite:///<main repo>/mlflow.db`.
+"""
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from test_pipeline import COPIED, REPO, sh, shrink
+
+EXPERIMENTS = {"q-seed1": 1, "q-seed2": 2}  # DVC experiment name -> base.seed
+STAGES = {"download": "data.json", "prepare": "prepare.json"}  # stage -> its metrics file, logged as artifact
+DONE = {"Success", "Failed"}
+QUEUE_TIMEOUT_S = 600  # two tiny download+prepare runs; generous because the 2 cores are shared
+
+
+def dvc(*args, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return sh(sys.executable, "-m", "dvc", *args, cwd=cwd, env=env)
+
+
+def queue_status(work: Path, env: dict) -> dict[str, str]:
+    """Experiment name -> status (Queued, Running, Success, Failed) from the `dvc queue status` table."""
+    out = dvc("queue", "status", cwd=work, env=env).stdout
+    rows = [line.split() for line in out.splitlines()]
+    return {row[1]: row[-1] for row in rows if len(row) >= 4 and row[1] in EXPERIMENTS}
+
+
+def wait_for_queue(work: Path, env: dict) -> dict[str, str]:
+    deadline = time.monotonic() + QUEUE_TIMEOUT_S
+    status: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        status = queue_status(work, env)
+        if set(status) == set(EXPERIMENTS) and set(status.values()) <= DONE:
+            return status
+        time.sleep(5)
+    pytest.fail(f"queue not finished after {QUEUE_TIMEOUT_S}s: {status}")
+
+
+def processes_under(folder: Path) -> list[int]:
+    """Pids of processes whose working folder lies in `folder`: the queue workers and their stage commands."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = Path(os.readlink(proc / "cwd"))
+        except OSError:  # gone, or not ours
+            continue
+        if cwd == folder or folder in cwd.parents:
+            pids.append(int(proc.name))
+    return pids
+
+
+def stop_workers(work: Path, env: dict) -> None:
+    """Stop the queue, then end whatever is still running in this temp repo, so no worker outlives the test."""
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "queue", "stop", "--kill"], cwd=work, env=env, capture_output=True, timeout=120
+    )
+    deadline = time.monotonic() + 30
+    while (pids := processes_under(work)) and time.monotonic() < deadline:
+        time.sleep(1)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # ended on its own meanwhile
+            os.kill(pid, signal.SIGTERM)
+
+
+@pytest.fixture
+def queue_repo(tmp_path, cifake_zip):
+    """A committed temp copy of the repo with tiny params; its env has the venv first on PATH and no MLflow URI."""
+    work = tmp_path / "repo"
+    for name in COPIED:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, work / name)
+    (work / "params.yaml").write_text(yaml.safe_dump(shrink(cifake_zip), sort_keys=False))
+    # queue workers are spawned as `dvc ...` and run `python ...` stage commands: both must be the venv's
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    for name in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    sh("git", "init", "-q", cwd=work, env=env)
+    sh("git", "add", "-A", cwd=work, env=env)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=work, env=env)
+    yield work, env
+    stop_workers(work, env)
+
+
+@pytest.mark.slow
+def test_two_queued_experiments_both_log_to_mlflow(queue_repo):
+    work, env = queue_repo
+    for name, seed in EXPERIMENTS.items():
+        dvc("exp", "run", "--queue", "prepare", "-n", name, "-S", f"base.seed={seed}", cwd=work, env=env)
+    dvc("queue", "start", "-j", "2", cwd=work, env=env)
+
+    status = wait_for_queue(work, env)
+    if set(status.values()) != {"Success"}:
+        logs = {name: dvc("queue", "logs", name, cwd=work, env=env).stdout[-3000:] for name in status}
+        pytest.fail(f"queued experiments did not all succeed: {status}\n{logs}")
+    shown = dvc("exp", "show", "--json", cwd=work, env=env).stdout
+    assert all(name in shown for name in EXPERIMENTS)
+
+    # one store, in the main repo: nothing was written inside the experiments' temporary copies
+    db = work / "mlflow.db"
+    assert db.is_file()
+    assert not list((work / ".dvc" / "tmp").rglob("mlflow.db"))
+    client = MlflowClient(f"sqlite:///{db}")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    experiment = client.get_experiment_by_name(params["base"]["mlflow_experiment"])
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.tags.get("dvc_exp_name") for r in runs) == sorted([*EXPERIMENTS] * len(STAGES))
+
+    for name, seed in EXPERIMENTS.items():
+        own = {r.data.tags["stage"]: r for r in runs if r.data.tags["dvc_exp_name"] == name}
+        assert sorted(own) == sorted(STAGES), name
+        for stage, run in own.items():
+            assert run.info.status == "FINISHED", (name, stage)
+            assert "stage.wall_seconds" in run.data.metrics, (name, stage)  # logged last, just before the end
+            artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+            assert artifacts == [STAGES[stage]], (name, stage, artifacts)
+            assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(work / "mlartifacts")
+        assert own["download"].data.params["data.source"] == "archive"
+        assert own["download"].data.metrics["counts.train.FAKE"] == 26
+        assert own["prepare"].data.params["seed"] == str(seed)
+        assert own["prepare"].data.params["prepare.per_class"] == "20"
+        assert own["prepare"].data.metrics["counts.val.real"] == 4
