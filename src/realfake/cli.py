@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify images as real or AI-generated. Images are converted to RGB (transparency over "
         "white), centre-cropped to square and resized to the model's 32x32 with LANCZOS; 32x32 images are used "
         "as decoded. Unreadable files are listed on stderr and skipped.",
+        epilog="exit status: 0 every image classified; 1 some files skipped, others classified; 2 usage error, "
+        "no readable image, or a model that cannot be found or loaded",
     )
     predict.add_argument(
         "paths",

@@ -7,7 +7,9 @@ very pixels `prepare` decoded from it. Files that cannot be read are reported, n
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
+from tqdm import tqdm
 
 from realfake.errors import DataError, RealfakeError
 from realfake.evaluation import SOURCE_KINDS, p_fake, predict_labels, predict_proba
@@ -115,11 +118,11 @@ def fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """`image` at `size` (width, height): the largest centred crop of the target's shape, resized with LANCZOS.
 
     An image already of `size` is returned untouched (no resampling at all). Cropping rather than squashing keeps
-    textures undistorted, and a detector of generated images looks at texture. LANCZOS because Pillow widens its
-    kernel by the reduction factor, so every source pixel contributes (no aliasing, unlike NEAREST or a plain
-    bicubic tap) while it stays sharper than BOX's plain area average and also works for enlarging small images;
-    it is close to the antialiased bicubic that typically made 32x32 datasets. No reducing_gap and no JPEG
-    draft mode: both trade exactness for speed.
+    textures undistorted, and a detector of generated images looks at texture. LANCZOS: Pillow antialiases every
+    filter but NEAREST by widening it with the reduction factor, and of those LANCZOS has the sharpest cut-off, so
+    it keeps the fine detail just below the new resolution (where generator artefacts live) that BOX's area
+    average and BILINEAR blur, with less aliasing than BOX lets through; it also serves for enlarging small
+    images. No reducing_gap and no JPEG draft mode: both trade exactness for speed.
     """
     if image.size == size:
         return image
@@ -275,8 +278,6 @@ def classify(
     class (threshold unused), while P(fake) is still 1 - P(real). A progress bar shows when there are several
     batches.
     """
-    from tqdm import tqdm
-
     size, names = input_size(loaded.model), class_names(loaded.model)
     predictions: list[Prediction] = []
     skipped: list[tuple[Path, str]] = []
@@ -326,9 +327,6 @@ def format_json(predictions: Sequence[Prediction]) -> str:
 
 def format_csv(predictions: Sequence[Prediction]) -> str:
     """CSV with a header row path,p_fake,label,model (P(fake) at full precision)."""
-    import csv
-    import io
-
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
