@@ -5,6 +5,7 @@ MLFLOW_TRACKING_URI is left unset, so the real user path is exercised: each queu
 """
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -44,6 +45,14 @@ def wait_for_queue(work: Path, env: dict) -> dict[str, str]:
             return status
         time.sleep(5)
     pytest.fail(f"queue not finished after {QUEUE_TIMEOUT_S}s: {status}")
+
+
+def shown_experiments(work: Path, env: dict) -> dict[str, dict]:
+    """Our experiments as `dvc exp show --json` lists them under the committed baseline."""
+    baselines = json.loads(dvc("exp", "show", "--json", cwd=work, env=env).stdout)
+    found = {exp["name"]: exp for base in baselines for exp in base.get("experiments") or []}
+    assert set(found) == set(EXPERIMENTS), list(found)
+    return found
 
 
 def processes_under(folder: Path) -> list[int]:
@@ -108,10 +117,13 @@ def test_two_queued_experiments_both_log_to_mlflow(queue_repo):
     if set(status.values()) != {"Success"}:
         logs = {name: dvc("queue", "logs", name, cwd=work, env=env).stdout[-3000:] for name in status}
         pytest.fail(f"queued experiments did not all succeed: {status}\n{logs}")
-    shown = dvc("exp", "show", "--json", cwd=work, env=env).stdout
-    assert all(name in shown for name in EXPERIMENTS)
+    for name, exp in shown_experiments(work, env).items():
+        assert exp["executor"]["state"] == "success", name
+        data = exp["revs"][0]["data"]
+        assert data["params"]["params.yaml"]["data"]["base"]["seed"] == EXPERIMENTS[name]
+        assert data["metrics"]["metrics/prepare.json"]["data"]["counts"]["val"] == {"real": 4, "fake": 4}
 
-    # one store, in the main repo: nothing was written inside the experiments' temporary copies
+    # one store in the main repo holds every run, and their artifacts outlive the deleted temporary copies
     db = work / "mlflow.db"
     assert db.is_file()
     assert not list((work / ".dvc" / "tmp").rglob("mlflow.db"))

@@ -53,6 +53,26 @@ def _use_experiment(name: str, repo_root: Path) -> None:
     mlflow.set_experiment(name)
 
 
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Serialise the first touch of a sqlite store across processes.
+
+    MLflow creates and migrates a new database on first use; two queued experiments doing that at once collide
+    ("table alembic_version already exists"), which no retry repairs safely. Holding an exclusive lock on a file
+    beside the database while selecting the experiment makes the second process find it ready.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as handle:  # closing the file releases the lock, also on errors
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def git_commit(repo_root: Path) -> str | None:
     try:
         out = subprocess.run(
@@ -95,8 +115,10 @@ def stage_run(
     """Open an MLflow run for one stage; a stage that raises ends its run FAILED (KeyboardInterrupt: KILLED)."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(repo_root))
-    _with_retries(lambda: _use_experiment(experiment, repo_root))
+    uri = tracking_uri(repo_root)
+    mlflow.set_tracking_uri(uri)
+    with _store_lock(uri):
+        _with_retries(lambda: _use_experiment(experiment, repo_root))
     run = _with_retries(lambda: mlflow.start_run(run_name=run_name or stage, tags=run_tags(stage, repo_root)))
     started = time.perf_counter()
     try:
