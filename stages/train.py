@@ -80,9 +80,4 @@ def main(paths, args) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(
-        main,
-        description=__doc__,
-        root=ROOT,
-        extra_args=lambda p: p.add_argument("--model", required=True, help="a models.<name> section of params.yaml"),
-    )
+    stage.run(main, description=__doc__, root=ROOT, extra_args=stage.model_arg)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +14,7 @@ import yaml
 from cifake_fixture import synthetic_image
 
 REPO = Path(__file__).resolve().parents[1]
+COPIED = ["stages", "src", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
 
 
 def tiny_params(**overrides) -> dict:
@@ -49,3 +54,33 @@ def write_prepared(root: Path, sizes=(("train", 64), ("val", 16), ("test", 24)),
         labels = np.arange(n, dtype=np.uint8) % 2
         images = np.stack([synthetic_image(rng, bool(label)) for label in labels])
         np.savez(folder / f"{name}.npz", images=images, labels=labels, class_names=np.array(["real", "fake"]))
+
+
+def sh(*cmd, cwd, env) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def copy_repo(work: Path, archive: Path) -> dict:
+    """A committed git copy of the pipeline's files in `work` with tiny params reading `archive`; returns its env.
+
+    The env puts the venv first on PATH (dvc.yaml runs `python stages/...`) and drops DVC's and MLflow's
+    variables, so the caller decides where runs are logged.
+    """
+    for name in COPIED:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, work / name)
+    params = tiny_params(data={"source": "archive", "archive": str(archive)})
+    write_params(work, params)
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    for name in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    sh("git", "init", "-q", cwd=work, env=env)
+    sh("git", "add", "-A", cwd=work, env=env)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=work, env=env)
+    return env

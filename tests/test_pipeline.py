@@ -1,55 +1,19 @@
 """End to end: the real `dvc repro` in a temporary copy of the repo, on the synthetic archive, tiny params."""
 
 import json
-import os
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
-from stage_helpers import tiny_params
-
-REPO = Path(__file__).resolve().parents[1]
-COPIED = ["stages", "src", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
-
-
-def shrink(archive: Path) -> dict:
-    """Tiny sizes so the whole chain runs in minutes; structure and code paths stay the real ones."""
-    params = tiny_params()
-    params["data"].update(source="archive", archive=str(archive))
-    return params
-
-
-def sh(*cmd, cwd, env) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
+from stage_helpers import copy_repo, sh
 
 
 @pytest.fixture
 def repo_copy(tmp_path, cifake_zip, mlflow_uri):
     work = tmp_path / "repo"
-    for name in COPIED:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, work / name)
-    params = shrink(cifake_zip)
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    env.pop("DVC_ROOT", None)
-    for cmd in (
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
-    ):
-        sh(*cmd, cwd=work, env=env)
+    env = copy_repo(work, cifake_zip)
+    env["MLFLOW_TRACKING_URI"] = mlflow_uri
     return work, env
 
 

@@ -7,7 +7,6 @@ MLFLOW_TRACKING_URI is left unset, so the real user path is exercised: each queu
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from test_pipeline import COPIED, REPO, sh, shrink
+from stage_helpers import copy_repo, sh
 
 EXPERIMENTS = {"q-seed1": 1, "q-seed2": 2}  # DVC experiment name -> base.seed
 STAGES = {"download": "data.json", "prepare": "prepare.json"}  # stage -> its metrics file, logged as artifact
@@ -87,21 +86,7 @@ def stop_workers(work: Path, env: dict) -> None:
 def queue_repo(tmp_path, cifake_zip):
     """A committed temp copy of the repo with tiny params; its env has the venv first on PATH and no MLflow URI."""
     work = tmp_path / "repo"
-    for name in COPIED:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, work / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, work / name)
-    (work / "params.yaml").write_text(yaml.safe_dump(shrink(cifake_zip), sort_keys=False))
-    # queue workers are spawned as `dvc ...` and run `python ...` stage commands: both must be the venv's
-    env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    for name in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "MLFLOW_TRACKING_URI"):
-        env.pop(name, None)
-    sh("git", "init", "-q", cwd=work, env=env)
-    sh("git", "add", "-A", cwd=work, env=env)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=work, env=env)
+    env = copy_repo(work, cifake_zip)  # MLFLOW_TRACKING_URI unset: the default store in the main repo
     yield work, env
     stop_workers(work, env)
 

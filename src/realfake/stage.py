@@ -40,3 +40,8 @@ def run(
     except RealfakeError as exc:
         logging.getLogger("realfake").error("%s", exc)
         sys.exit(1)
+
+
+def model_arg(parser: argparse.ArgumentParser) -> None:
+    """The --model option of the per-model (matrix) stages."""
+    parser.add_argument("--model", required=True, help="a models.<name> section of params.yaml")
