@@ -2,8 +2,6 @@
 per-epoch losses. A run killed mid-training continues after its last finished epoch on the next `dvc repro`."""
 
 import csv
-import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -24,7 +22,7 @@ from realfake.errors import DataError, RealfakeError  # noqa: E402
 from realfake.fileio import atomic_path, load_arrays, write_json  # noqa: E402
 from realfake.models.dcgan import build_dcgan, generate_images  # noqa: E402
 from realfake.params import DcganParams, load_params  # noqa: E402
-from realfake.training import make_dataset, seed_everything  # noqa: E402
+from realfake.training import fingerprint, make_dataset, seed_everything  # noqa: E402
 
 log = logging.getLogger("realfake.stages.train_dcgan")
 
@@ -32,14 +30,6 @@ log = logging.getLogger("realfake.stages.train_dcgan")
 HISTORY = "history.json"  # one record per finished epoch; written before Keras backs that epoch up
 SAMPLES = "samples"  # the sample grids made so far, copied to plots/dcgan/samples at the end
 BACKUP = "backup"  # keras.callbacks.BackupAndRestore: weights, both optimizers, seed states, next epoch
-
-
-def fingerprint(dcgan: DcganParams, seed: int, images: np.ndarray) -> str:
-    """Short hash of what shapes the run (params, seed, training images): state is only resumed under the same."""
-    digest = hashlib.sha256(json.dumps({"dcgan": dataclasses.asdict(dcgan), "seed": seed}, sort_keys=True).encode())
-    digest.update(repr(images.shape).encode())
-    digest.update(hashlib.sha256(np.ascontiguousarray(images)).digest())
-    return digest.hexdigest()[:16]
 
 
 def write_grid(generator: keras.Model, path: Path, *, dcgan: DcganParams, seed: int) -> None:
@@ -127,7 +117,7 @@ def main(paths, args) -> None:
         images = generation.sample_images(images, count=dcgan.max_images, seed=seed)
         if not len(images):
             raise DataError(f"{paths.raw_dataset}: holds no train/REAL images to train the DCGAN on")
-        state_dir = paths.state / "train_dcgan" / fingerprint(dcgan, seed, images)
+        state_dir = paths.state / "train_dcgan" / fingerprint(dcgan, seed, arrays=[images])
         log.info("training on %d distinct train/REAL images; state in %s", len(images), state_dir)
 
         # ------------------------------------------------------------------ train (resumable)

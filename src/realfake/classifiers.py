@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,19 +60,6 @@ def check_split(split: Split, *, image_shape: tuple[int, int, int], source: str)
         raise DataError(f"{source}: label {split.labels.max()} outside class_names {list(split.class_names)}")
 
 
-def fingerprint(*parts: object, arrays: Sequence[np.ndarray] = ()) -> str:
-    """A short hash of settings and data: resumable state is reused only for the very same training."""
-    digest = hashlib.blake2b(digest_size=12)
-    digest.update(
-        json.dumps(
-            [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True, default=str
-        ).encode()
-    )
-    for array in arrays:
-        digest.update(np.ascontiguousarray(array).data)
-    return digest.hexdigest()
-
-
 def train_classifier(
     name: str,
     spec: ModelParams,
@@ -91,7 +75,9 @@ def train_classifier(
     image_shape = train.images.shape[1:]
     num_classes = len(train.class_names)
     training.seed_everything(seed)
-    key = fingerprint(name, spec, train_params, seed, arrays=[train.images, train.labels, val.images, val.labels])
+    key = training.fingerprint(
+        name, spec, train_params, seed, arrays=[train.images, train.labels, val.images, val.labels]
+    )
     state_dir = Path(state_root) / name / key
     strategy = training.distribution_strategy(train_params.strategy)
     with strategy.scope():

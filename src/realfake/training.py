@@ -8,6 +8,7 @@ tensor ops and casts only that batch to float32, so nothing ever holds a float32
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -197,6 +198,20 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy:
 
 
 # ----------------------------------------------------------------------------- resumable fit
+
+
+def fingerprint(*parts: object, arrays: Sequence[np.ndarray] = ()) -> str:
+    """A short hash of settings and data: resumable state is reused only for the very same training."""
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(
+        json.dumps(
+            [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True, default=str
+        ).encode()
+    )
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
 
 # state_dir layout: FINGERPRINT and PROGRESS are written atomically; PROGRESS is the commit point of an epoch.
 FINGERPRINT = "fingerprint.txt"
