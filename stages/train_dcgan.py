@@ -22,14 +22,14 @@ from realfake.errors import DataError, RealfakeError  # noqa: E402
 from realfake.fileio import atomic_path, load_arrays, write_json  # noqa: E402
 from realfake.models.dcgan import build_dcgan, generate_images  # noqa: E402
 from realfake.params import DcganParams, load_params  # noqa: E402
-from realfake.training import fingerprint, make_dataset, seed_everything  # noqa: E402
+from realfake.training import EpochBackup, fingerprint, make_dataset, restore_backup, seed_everything  # noqa: E402
 
 log = logging.getLogger("realfake.stages.train_dcgan")
 
 # The state dir (outside DVC's outputs, which DVC deletes before it runs a stage) holds:
 HISTORY = "history.json"  # one record per finished epoch; written before Keras backs that epoch up
 SAMPLES = "samples"  # the sample grids made so far, copied to plots/dcgan/samples at the end
-BACKUP = "backup"  # keras.callbacks.BackupAndRestore: weights, both optimizers, seed states, next epoch
+BACKUP = "backup"  # training.EpochBackup: weights, both optimizers, seed states of the last finished epoch
 
 
 def write_grid(generator: keras.Model, path: Path, *, dcgan: DcganParams, seed: int) -> None:
@@ -43,7 +43,7 @@ def write_grid(generator: keras.Model, path: Path, *, dcgan: DcganParams, seed: 
 class EpochRecorder(keras.callbacks.Callback):
     """Per finished epoch: a sample grid every `sample_every` epochs, the record in history.json, MLflow metrics.
 
-    Placed before BackupAndRestore. An epoch recorded but killed before Keras backed it up is trained again:
+    Placed before EpochBackup. An epoch recorded but killed before it was backed up is trained again:
     the first epoch of a call drops records from there on.
     """
 
@@ -95,10 +95,10 @@ def train(images: np.ndarray, state_dir: Path, *, dcgan: DcganParams, seed: int)
     history_file = state_dir / HISTORY
     history = json.loads(history_file.read_text()) if history_file.exists() else []
     recorder = EpochRecorder(state_dir, history, dcgan=dcgan, seed=seed)
-    # double_checkpoint: a kill while Keras rewrites its backup falls back to the previous epoch's copy.
-    backup = keras.callbacks.BackupAndRestore(str(state_dir / BACKUP), double_checkpoint=True)
+    initial_epoch = restore_backup(gan, state_dir / BACKUP)
     # shuffle=False: the dataset shuffles itself; verbose=0: the recorder logs one line per epoch.
-    gan.fit(dataset, epochs=dcgan.epochs, callbacks=[recorder, backup], shuffle=False, verbose=0)
+    callbacks = [recorder, EpochBackup(state_dir / BACKUP)]
+    gan.fit(dataset, epochs=dcgan.epochs, initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False, verbose=0)
     return gan.generator, history, recorder.first_epoch or 0
 
 

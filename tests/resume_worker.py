@@ -63,7 +63,7 @@ def fit(state_dir: Path, extra_callbacks=(), *, learning_rate: float = 0.01) -> 
 
 
 class SigtermAfterFirstEpoch(keras.callbacks.Callback):
-    """Placed after BackupAndRestore, so epoch 1 is fully recorded and backed up when the signal arrives."""
+    """Placed after EpochBackup, so epoch 1 is fully recorded and backed up when the signal arrives."""
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 0:

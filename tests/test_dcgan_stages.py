@@ -28,6 +28,7 @@ from realfake.fileio import load_arrays, save_arrays
 from realfake.models.dcgan import generate_images
 from realfake.params import load_params
 from realfake.paths import ProjectPaths
+from realfake.training import EpochBackup
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAKE_SMALL = REPO.parent / "shared" / "data" / "cifake-small.zip"
@@ -101,7 +102,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
     paths, args = make_project(root)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    backup_epoch_end = keras.callbacks.BackupAndRestore.on_epoch_end
+    backup_epoch_end = EpochBackup.on_epoch_end
 
     def stop_after_first_backup(self, epoch, logs=None):
         backup_epoch_end(self, epoch, logs)
@@ -110,7 +111,7 @@ def trained(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end", stop_after_first_backup)
+        mp.setattr(EpochBackup, "on_epoch_end", stop_after_first_backup)
         with pytest.raises(KeyboardInterrupt):
             train_dcgan.main(paths, args)
     [state] = (paths.state / "train_dcgan").iterdir()

@@ -51,6 +51,19 @@ def test_only_requested_sections_are_validated(tmp_path):
     assert load_params(path, sections=["base", "data"]).data.source == "kaggle"
 
 
+def test_params_rewritten_by_dvc_exp_run_keep_their_strings(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with DVC's own YAML writer, which drops the quotes of "4:2:0"."""
+    from dvc.utils.serialize import modify_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(REPO_PARAMS.read_text())
+    with modify_yaml(path) as raw:
+        raw["prepare"]["per_class"] = 7
+    assert '"4:2:0"' not in path.read_text()  # what made the real run's `generate` fail
+    params = load_params(path)
+    assert params.generate.jpeg_subsampling == "4:2:0" and params.prepare.per_class == 7
+
+
 def test_missing_and_broken_files(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load_params(tmp_path / "none.yaml")

@@ -17,6 +17,7 @@ import evaluate as evaluate_stage  # noqa: E402
 import train as train_stage  # noqa: E402
 import train_3class as train_3class_stage  # noqa: E402
 
+from realfake import training  # noqa: E402
 from realfake.classifiers import build_classifier, load_model  # noqa: E402
 from realfake.errors import DataError, ParamsError, WeightsUnavailableError  # noqa: E402
 from realfake.params import load_params  # noqa: E402
@@ -136,15 +137,16 @@ def test_interrupted_training_resumes_from_next_epoch(tmp_path, mlflow_uri):
     (tmp_path / "stages" / "train.py").write_text(source)
     proc = subprocess.Popen([sys.executable, str(tmp_path / "stages" / "train.py"), "--params", str(args.params),
                              "--model", "cnn"], env=os.environ.copy())  # fmt: skip
+    backup = f"*/{training.BACKUP}/{training.BACKUP_COMMIT}"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        progress = list(state.glob("*/progress.json"))
-        if progress and len(json.loads(progress[0].read_text())["history"]) >= 1:
+        if list(state.glob(backup)):  # at least one epoch is finished and backed up
             proc.send_signal(signal.SIGTERM)
             break
         time.sleep(0.05)
     assert proc.wait(timeout=60) != 0, "the training was expected to be killed mid-run"
-    done = len(json.loads(next(state.glob("*/progress.json")).read_text())["history"])
+    # The signal may land while a later epoch is being backed up: the last committed backup is what counts.
+    done = json.loads(next(state.glob(backup)).read_text())["epoch"]
     assert 1 <= done < 4
 
     train_stage.main(ProjectPaths(tmp_path), args)

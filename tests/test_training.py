@@ -44,7 +44,7 @@ class CountBatches(keras.callbacks.Callback):
         self.freeze, self.epochs, self.batches, self.start_iterations = freeze, [], 0, None
 
     def on_train_begin(self, logs=None):
-        # Runs after BackupAndRestore's on_train_begin: sees the restored optimizer step count.
+        # The backup is restored before fit() starts: this sees the restored optimizer step count.
         self.start_iterations = int(self.model.optimizer.iterations)
         if self.freeze:
             self.model.optimizer.learning_rate = 0.0
@@ -279,3 +279,31 @@ def test_resume_after_keyboard_interrupt_drops_an_unbacked_epoch_record(tmp_path
     assert counter.epochs == [1, 2]
     assert result.history["epoch"] == [1, 2, 3] and max(result.history["val_accuracy"]) <= 1
     assert result.best_epoch == 1
+
+
+@pytest.mark.parametrize("dies_in_epoch", [1, 2])
+def test_a_kill_while_the_backup_is_written_resumes_from_the_last_committed_epoch(tmp_path, monkeypatch, dies_in_epoch):
+    """What failed in CI with Keras' BackupAndRestore: SIGTERM while the first backup was half written."""
+    save_weights = keras.Model.save_weights
+
+    def dies_half_way(self, filepath, *args, **kwargs):
+        if Path(filepath).parent.name == training.BACKUP and f"epoch{dies_in_epoch:04d}" in Path(filepath).name:
+            Path(filepath).write_bytes(b"\x89HDF\r\n\x1a\n cut off")
+            raise KeyboardInterrupt
+        save_weights(self, filepath, *args, **kwargs)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(keras.Model, "save_weights", dies_half_way)
+        with pytest.raises(KeyboardInterrupt):
+            resume_worker.fit(tmp_path)
+    assert [e["epoch"] for e in json.loads((tmp_path / training.PROGRESS).read_text())["history"]] == list(
+        range(1, dies_in_epoch + 1)
+    )
+
+    counter = CountBatches()
+    result = resume_worker.fit(tmp_path, [counter])
+    committed = dies_in_epoch - 1
+    assert counter.epochs == list(range(committed, resume_worker.EPOCHS))
+    assert counter.start_iterations == committed * resume_worker.N_TRAIN // resume_worker.BATCH
+    assert result.history["epoch"] == [1, 2, 3] and result.resumed_epochs == committed
+    assert not (tmp_path / training.BACKUP).exists()  # deleted once the fit completed

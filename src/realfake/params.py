@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
 
 from realfake.errors import ParamsError
 from realfake.prepare import AUGMENTATIONS
@@ -323,10 +323,12 @@ def load_params(path: Path, sections: typing.Iterable[str] | None = None) -> Par
     "models" validates every models.<name> section; "models.<name>" just that one.
     """
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        # YAML 1.2, as DVC reads and writes it: `dvc exp run -S` rewrites params.yaml and drops the quotes of
+        # strings such as "4:2:0", which a YAML 1.1 reader (PyYAML) would take for the base-60 integer 14520.
+        raw = YAML(typ="safe", pure=True).load(Path(path).read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
-    except yaml.YAMLError as exc:
+    except YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")

@@ -216,7 +216,52 @@ def fingerprint(*parts: object, arrays: Sequence[np.ndarray] = ()) -> str:
 # state_dir layout: FINGERPRINT and PROGRESS are written atomically; PROGRESS is the commit point of an epoch.
 FINGERPRINT = "fingerprint.txt"
 PROGRESS = "progress.json"
-BACKUP = "backup"  # keras.callbacks.BackupAndRestore: weights + optimizer state + next epoch
+BACKUP = "backup"  # EpochBackup: weights + optimizer state of the last finished epoch
+BACKUP_COMMIT = "backup.json"  # inside BACKUP: {"epoch": finished epochs, "weights": file name}
+
+
+class EpochBackup(keras.callbacks.Callback):
+    """Backs the model's full state (weights, optimizer, seed states) up after every epoch; see `restore_backup`.
+
+    Keras' BackupAndRestore rewrites one weights file in place and its epoch counter separately: a kill during
+    the first write leaves a corrupt file and nothing to fall back to, and a kill between the two pairs weights
+    and counter of different epochs. Here each epoch writes a new file, commits it by atomically replacing a
+    small JSON that names it, and only then deletes the older file. Deleted at the end of a completed `fit`.
+    """
+
+    def __init__(self, backup_dir: Path):
+        super().__init__()
+        self.backup_dir = Path(backup_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.backup_dir.mkdir(parents=True, exist_ok=True)
+        name = f"epoch{epoch + 1:04d}.weights.h5"
+        tmp = self.backup_dir / f"tmp-{name}"
+        self.model.save_weights(tmp)
+        os.replace(tmp, self.backup_dir / name)
+        _write_atomic(self.backup_dir / BACKUP_COMMIT, json.dumps({"epoch": epoch + 1, "weights": name}))
+        for path in self.backup_dir.glob("*.weights.h5"):
+            if path.name != name:
+                path.unlink()
+
+    def on_train_end(self, logs=None):
+        shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
+def restore_backup(model: keras.Model, backup_dir: Path) -> int:
+    """Load the last committed `EpochBackup` into a built, compiled model; return its finished epochs (0: none).
+
+    Pass the result to `fit(initial_epoch=...)`. Uncommitted files (a kill mid-write) are ignored.
+    """
+    commit = Path(backup_dir) / BACKUP_COMMIT
+    if not commit.exists():
+        return 0
+    state = json.loads(commit.read_text())
+    with model.distribute_strategy.scope():  # variables created here must match the model's strategy
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)  # the file also holds the optimizer's state
+        model.load_weights(Path(backup_dir) / state["weights"])
+    return int(state["epoch"])
 
 
 @dataclasses.dataclass
@@ -262,10 +307,10 @@ def _prepare_state_dir(state_dir: Path, fingerprint: str) -> None:
 
 
 class _Progress(keras.callbacks.Callback):
-    """Records history, best epoch and timings in state_dir; placed before BackupAndRestore.
+    """Records history, best epoch and timings in state_dir; placed before EpochBackup.
 
-    Commit order per epoch: best weights (if improved), then progress.json, then Keras' backup. A kill between
-    progress.json and the backup makes Keras redo that epoch; the first `on_epoch_begin` after a restart drops
+    Commit order per epoch: best weights (if improved), then progress.json, then the backup. A kill between
+    progress.json and the backup makes the epoch run again; the first `on_epoch_begin` after a restart drops
     the orphaned record. The weights of a superseded best are deleted only once the next epoch has begun (its
     predecessor's backup is then complete), so a dropped record can always fall back to the previous best.
     """
@@ -315,10 +360,10 @@ class _Progress(keras.callbacks.Callback):
             history = self.progress["history"]
             if epoch > len(history):
                 raise RuntimeError(
-                    f"{self.state_dir}: the Keras backup resumes at epoch {epoch + 1} but progress.json records "
+                    f"{self.state_dir}: the backup resumes at epoch {epoch + 1} but progress.json records "
                     f"only {len(history)} epoch(s); delete the directory to start over"
                 )
-            if epoch < len(history):  # killed after our commit, before Keras' backup: that epoch is redone
+            if epoch < len(history):  # killed after our commit, before the backup: that epoch is redone
                 del history[epoch:]
                 self.progress["best_epoch"] = self._best_epoch(history)
                 self._commit()
@@ -410,8 +455,9 @@ def fit_classifier(
     carried = len(progress["history"])
 
     if not progress["finished"]:
-        if not model.built:  # BackupAndRestore needs the weights to exist before it can load them
+        if not model.built:  # the backup can only be loaded into existing weights
             model.build(train_ds.element_spec[0].shape)
+        initial_epoch = restore_backup(model, state_dir / BACKUP)
         tracker = _Progress(
             state_dir,
             epochs=epochs,
@@ -421,13 +467,12 @@ def fit_classifier(
             train_examples=count_examples(train_ds),
             progress=progress,
         )
-        # double_checkpoint: a kill while Keras rewrites its backup falls back to the previous epoch's copy.
-        backup = keras.callbacks.BackupAndRestore(backup_dir=str(state_dir / BACKUP), double_checkpoint=True)
         model.fit(
             train_ds,
             validation_data=val_ds,
             epochs=epochs,
-            callbacks=[tracker, backup, *extra_callbacks],
+            initial_epoch=initial_epoch,
+            callbacks=[tracker, EpochBackup(state_dir / BACKUP), *extra_callbacks],
             shuffle=False,  # the dataset shuffles itself; this only silences Keras' warning
             # A live progress bar in a terminal; in logs (dvc repro piped, CI) one line per epoch instead.
             verbose=1 if sys.stdout.isatty() else 2,

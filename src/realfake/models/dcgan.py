@@ -162,7 +162,7 @@ class DCGAN(keras.Model):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
         self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
-        # Both sub-networks are built from their Input layers; BackupAndRestore requires a built model.
+        # Both sub-networks are built from their Input layers; a backup loads only into a built model.
         self.built = True
 
     def compile(self, d_optimizer, g_optimizer, loss_fn, **kwargs):
@@ -172,7 +172,7 @@ class DCGAN(keras.Model):
         self.d_optimizer = d_optimizer
         self.g_optimizer = g_optimizer
         self.loss_fn = loss_fn
-        # Create the optimizer slots now, so weights saved mid-training (BackupAndRestore) can be loaded
+        # Create the optimizer slots now, so weights saved mid-training (a backup) can be loaded
         # into a freshly compiled DCGAN before its first step.
         self.d_optimizer.build(self.discriminator.trainable_variables)
         self.g_optimizer.build(self.generator.trainable_variables)
@@ -183,7 +183,7 @@ class DCGAN(keras.Model):
         return [v for v in self.variables if id(v) not in weight_ids]
 
     # Keras does not checkpoint SeedGenerator state. Saving it with the DCGAN's own variables lets a fit()
-    # resumed by BackupAndRestore continue the noise and dropout sequences instead of replaying them.
+    # resumed from a backup continue the noise and dropout sequences instead of replaying them.
     def save_own_variables(self, store):
         super().save_own_variables(store)
         for i, state in enumerate(self._rng_states()):
