@@ -41,6 +41,10 @@ def test_dvc_repro_runs_the_pipeline(repo_copy, mlflow_uri):
     assert set(cross["scores"]) == {"cnn", "efficientnet", "resnet50", "efficientnet_3class"}
     assert all(set(by_source) == {"real", "sd_fake", "dcgan_fake"} for by_source in cross["scores"].values())
     assert cross["scores"]["cnn"]["dcgan_fake"]["n"] == 20 and cross["scores"]["cnn"]["real"]["n"] == 24
+    robust = json.loads((work / "metrics/robustness.json").read_text())
+    assert set(robust["scores"]) == {"cnn", "efficientnet", "resnet50"}
+    assert robust["perturbations"][0] == "none" and len(robust["perturbations"]) == 8
+    assert all(s["n"] == 48 for by_name in robust["scores"].values() for s in by_name.values())
 
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("realfake")
@@ -59,6 +63,7 @@ def test_dvc_repro_runs_the_pipeline(repo_copy, mlflow_uri):
             "generate",
             "train_3class",
             "cross_evaluate",
+            "robustness",
         ]
     )
     assert all(r.info.status == "FINISHED" for r in runs)

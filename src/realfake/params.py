@@ -16,6 +16,8 @@ from ruamel.yaml import YAML, YAMLError
 
 from realfake.errors import ParamsError
 from realfake.prepare import AUGMENTATIONS
+from realfake.robustness import KINDS as PERTURBATIONS
+from realfake.robustness import Perturbation
 
 DATA_SOURCES = ("kaggle", "archive")
 STRATEGIES = ("auto", "default", "mirrored")
@@ -292,6 +294,30 @@ class ThreeClassParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class RobustnessParams:
+    max_images: int | None  # CIFAKE test images scored (seeded, half real / half fake); None = all
+    perturbations: tuple[Perturbation, ...]
+
+    def validate(self, key: str) -> None:
+        require_positive(key, max_images=self.max_images)
+        if not self.perturbations:
+            raise ParamsError(f"{key}.perturbations: list at least one perturbation")
+        for i, perturbation in enumerate(self.perturbations):
+            if perturbation.kind not in PERTURBATIONS:
+                raise ParamsError(
+                    f"{key}.perturbations[{i}].kind: {perturbation.kind!r} is not allowed; "
+                    f"use one of {', '.join(PERTURBATIONS)}"
+                )
+            try:
+                perturbation.check()
+            except ValueError as exc:
+                raise ParamsError(f"{key}.perturbations[{i}]: {exc}") from None
+        names = [p.name for p in self.perturbations]
+        if len(set(names)) != len(names):
+            raise ParamsError(f"{key}.perturbations: lists a perturbation twice: {names}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     base: BaseParams
     data: DataParams
@@ -301,6 +327,7 @@ class Params:
     dcgan: DcganParams
     generate: GenerateParams
     train_3class: ThreeClassParams
+    robustness: RobustnessParams
     models: dict  # name -> ModelParams (typed by architecture)
     raw: dict  # the whole file as read, for MLflow
 
@@ -314,6 +341,7 @@ SECTIONS = {
     "dcgan": DcganParams,
     "generate": GenerateParams,
     "train_3class": ThreeClassParams,
+    "robustness": RobustnessParams,
 }
 
 
