@@ -45,6 +45,9 @@ def test_dvc_repro_runs_the_pipeline(repo_copy, mlflow_uri):
     assert set(robust["scores"]) == {"cnn", "efficientnet", "resnet50"}
     assert robust["perturbations"][0] == "none" and len(robust["perturbations"]) == 8
     assert all(s["n"] == 48 for by_name in robust["scores"].values() for s in by_name.values())
+    for name in ("cnn", "efficientnet", "resnet50"):
+        assert (work / f"plots/explain/{name}.png").read_bytes()[:4] == b"\x89PNG", name
+        assert json.loads((work / f"reports/explain/{name}.json").read_text())["model"] == name
 
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("realfake")
@@ -64,6 +67,9 @@ def test_dvc_repro_runs_the_pipeline(repo_copy, mlflow_uri):
             "train_3class",
             "cross_evaluate",
             "robustness",
+            "explain",
+            "explain",
+            "explain",
         ]
     )
     assert all(r.info.status == "FINISHED" for r in runs)

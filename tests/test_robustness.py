@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 from PIL import Image
-from stage_helpers import REPO, tiny_params, write_params, write_prepared
+from stage_helpers import REPO, checker_model, tiny_params, write_params, write_prepared
 
 from realfake import robustness
 from realfake.errors import DataError, ParamsError
@@ -105,22 +105,6 @@ def test_bad_params_are_named(tmp_path, perturbations, message):
 
 
 # ----------------------------------------------------------------------------- the stage
-
-
-def checker_model() -> keras.Model:
-    """A fixed detector of the fixture's fake cue (a 1-pixel checker pattern): mean |2x2 checker filter| response."""
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(2, 2, use_bias=False, activation="relu")(x)  # +checker and -checker: their ReLUs sum to |.|
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
-    model = keras.Model(inputs, outputs)
-    checker = np.array([[1.0, -1.0], [-1.0, 1.0]])
-    kernel = np.zeros((2, 2, 3, 2))
-    kernel[..., 0], kernel[..., 1] = checker[..., None], -checker[..., None]
-    model.layers[2].set_weights([kernel])
-    model.layers[-1].set_weights([np.full((2, 1), 20.0), np.array([-4.0])])  # fake above ~0.2 mean |response|
-    return model
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The `realfake` command: `realfake predict PATH...` tells real photos from generated ones.
+"""The `realfake` command: `realfake predict PATH...` tells real photos from generated ones;
+`realfake explain IMAGE` shows where a model looked (Grad-CAM).
 
 Exit status: 0 every image was classified; 1 some files were skipped (listed on stderr as "path: reason") but
 others were classified; 2 usage error, no readable image, or a model that cannot be found or loaded.
@@ -18,6 +19,8 @@ from realfake.errors import ParamsError, RealfakeError
 # Only when there is no params.yaml to take evaluate.threshold from (a model used outside the repo): for
 # calibrated probabilities 0.5 is the decision point that minimises errors.
 FALLBACK_THRESHOLD = 0.5
+# Likewise for explain.min_feature_size: at 32x32 input, 4 px is the smallest map that still localises anything.
+FALLBACK_MIN_FEATURE_SIZE = 4
 
 EXIT_OK, EXIT_SKIPPED, EXIT_FAILED = 0, 1, 2
 
@@ -82,20 +85,36 @@ def build_parser() -> argparse.ArgumentParser:
         f"repo's params.yaml, {FALLBACK_THRESHOLD} without one)",
     )
     predict.set_defaults(func=run_predict)
+
+    explain = commands.add_parser(
+        "explain",
+        help="write a Grad-CAM heatmap of where a model looked in an image",
+        description="Grad-CAM of the predicted class: the image (resized as `predict` does) enlarged 8x, next to "
+        "it with the heatmap on top, as one PNG.",
+    )
+    explain.add_argument("image", type=Path, metavar="IMAGE", help="an image file")
+    explain.add_argument("--model", help="as for predict (default: the best binary model of the last run)")
+    explain.add_argument("--repo", type=Path, help="as for predict")
+    explain.add_argument("--output", type=Path, help="the PNG to write (default: IMAGE's name + .gradcam.png, here)")
+    explain.set_defaults(func=run_explain)
     return parser
 
 
-def default_threshold(root: Path) -> float:
-    """evaluate.threshold of the repo's params.yaml (its one home); FALLBACK_THRESHOLD when there is none."""
+def repo_setting(root: Path, section: str, key: str, *, fallback, hint: str):
+    """`section.key` of the repo's params.yaml (its one home); `fallback` when there is no params.yaml."""
     from realfake.params import load_params
 
     params_file = root / "params.yaml"
     if not params_file.is_file():
-        return FALLBACK_THRESHOLD
+        return fallback
     try:
-        return load_params(params_file, sections=["evaluate"]).evaluate.threshold
+        return getattr(getattr(load_params(params_file, sections=[section]), section), key)
     except ParamsError as exc:
-        raise ParamsError(f"{exc} (reading the default threshold; pass --threshold, or --repo)") from None
+        raise ParamsError(f"{exc} (reading {section}.{key}; {hint})") from None
+
+
+def default_threshold(root: Path) -> float:
+    return repo_setting(root, "evaluate", "threshold", fallback=FALLBACK_THRESHOLD, hint="pass --threshold, or --repo")
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -103,8 +122,6 @@ def run_predict(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from realfake import predict
-    from realfake.paths import ProjectPaths
-    from realfake.tracking import tracking_uri
 
     Image.MAX_IMAGE_PIXELS = predict.MAX_PIXELS  # this process's own Pillow guard; load_image checks it too
     root = args.repo.resolve() if args.repo else predict.find_repo_root(Path.cwd())
@@ -117,14 +134,7 @@ def run_predict(args: argparse.Namespace) -> int:
         _say("realfake: no image files to classify")
         return EXIT_FAILED
 
-    if args.model:
-        loaded = predict.load_named_model(args.model, tracking_uri=tracking_uri(root))
-    else:
-        loaded, accuracy = predict.best_binary_model(ProjectPaths(root))
-        _say(
-            f"realfake: using model {loaded.name} ({loaded.source}, validation accuracy {accuracy:.4f}, the best "
-            "binary model of the last pipeline run; --model picks another)"
-        )
+    loaded = _load_model(args, root)
 
     predictions, skipped = predict.classify(
         loaded, images, batch_size=args.batch_size, threshold=threshold, max_pixels=predict.MAX_PIXELS
@@ -136,6 +146,51 @@ def run_predict(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     sys.stdout.write(predict.FORMATTERS[args.format](predictions))
     return EXIT_SKIPPED if problems or skipped else EXIT_OK
+
+
+def _load_model(args: argparse.Namespace, root: Path):
+    from realfake import predict
+    from realfake.paths import ProjectPaths
+    from realfake.tracking import tracking_uri
+
+    if args.model:
+        return predict.load_named_model(args.model, tracking_uri=tracking_uri(root))
+    loaded, accuracy = predict.best_binary_model(ProjectPaths(root))
+    _say(
+        f"realfake: using model {loaded.name} ({loaded.source}, validation accuracy {accuracy:.4f}, the best "
+        "binary model of the last pipeline run; --model picks another)"
+    )
+    return loaded
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+
+    from realfake import explain, predict
+
+    root = args.repo.resolve() if args.repo else predict.find_repo_root(Path.cwd())
+    threshold = default_threshold(root)
+    min_size = repo_setting(root, "explain", "min_feature_size", fallback=FALLBACK_MIN_FEATURE_SIZE, hint="pass --repo")
+    try:
+        pixels = predict.load_image(args.image, size=(32, 32), max_pixels=predict.MAX_PIXELS)
+    except predict.UnreadableImageError as exc:
+        _say(f"{args.image}: {exc}")
+        return EXIT_FAILED
+    loaded = _load_model(args, root)
+    size = predict.input_size(loaded.model)
+    if size != (32, 32):
+        pixels = predict.load_image(args.image, size=size, max_pixels=predict.MAX_PIXELS)
+    result = explain.gradcam(loaded.model, pixels[None], min_size=min_size, threshold=threshold)
+    output = args.output or Path(f"{args.image.name}.gradcam.png")
+    explain.overlay_png(pixels, result.heatmaps[0], output)
+    names = predict.class_names(loaded.model)
+    probabilities = result.probabilities[0]
+    called = names[int(result.class_index[0])]
+    p_fake = float(probabilities[-1]) if len(probabilities) <= 2 else float(np.max(probabilities))
+    what = "P(fake)" if len(probabilities) <= 2 else f"P({called})"
+    sys.stdout.write(f"{output}\t{called}\t{what} {p_fake:.4f}\t{loaded.name}\tlayer {result.layer}\n")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -318,6 +318,23 @@ class RobustnessParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExplainParams:
+    candidates: int
+    per_cell: int
+    min_feature_size: int
+    batch_size: int
+
+    def validate(self, key: str) -> None:
+        require_positive(
+            key,
+            candidates=self.candidates,
+            per_cell=self.per_cell,
+            min_feature_size=self.min_feature_size,
+            batch_size=self.batch_size,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class Params:
     base: BaseParams
     data: DataParams
@@ -328,6 +345,7 @@ class Params:
     generate: GenerateParams
     train_3class: ThreeClassParams
     robustness: RobustnessParams
+    explain: ExplainParams
     models: dict  # name -> ModelParams (typed by architecture)
     raw: dict  # the whole file as read, for MLflow
 
@@ -342,6 +360,7 @@ SECTIONS = {
     "generate": GenerateParams,
     "train_3class": ThreeClassParams,
     "robustness": RobustnessParams,
+    "explain": ExplainParams,
 }
 
 
