@@ -16,8 +16,8 @@ $(VENV)/.installed: pyproject.toml
 repro: $(VENV)/.installed
 	$(BIN)/dvc repro
 
-test: $(VENV)/.installed
-	$(BIN)/python -m pytest
+test: $(VENV)/.installed  # one worker per core: the long end-to-end test runs beside the others
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 test-slow: $(VENV)/.installed
 	$(BIN)/python -m pytest -m slow

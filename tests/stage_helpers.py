@@ -25,9 +25,9 @@ def tiny_params(**overrides) -> dict:
     params["train"]["run_eagerly"] = True  # tracing EfficientNetV2B3 costs about a minute; 1-epoch runs skip it
     for spec in params["models"].values():
         spec.update(epochs=1, batch_size=16)
-        if "weights" in spec:
-            spec["weights"] = None
-    params["evaluate"].update(n_bootstrap=50, batch_size=32)
+        if "weights" in spec:  # transfer models: eager steps cost ~1 s each whatever the batch, so few of them
+            spec.update(weights=None, batch_size=64)
+    params["evaluate"].update(n_bootstrap=50, batch_size=64)
     params["dcgan"].update(noise_dim=8, dense_filters=8, g_filters=[8, 4], d_filters=[4, 8], epochs=1,
                            batch_size=16, sample_every=1, sample_grid=2)  # fmt: skip
     params["generate"].update(n_train=40, n_test=20, batch_size=16)

@@ -73,6 +73,11 @@ def test_dvc_repro_runs_the_pipeline(repo_copy, mlflow_uri):
         ]
     )
     assert all(r.info.status == "FINISHED" for r in runs)
+    [three_run] = [r for r in runs if r.data.tags["stage"] == "train_3class"]
+    dcgan_train = three_run.data.metrics["images.train.dcgan_fake"]
+    assert dcgan_train > 0 and dcgan_train % 3 == 0  # DCGAN train images + their rot90 and hflip copies
+    three = json.loads((work / "metrics/train/efficientnet_3class.json").read_text())
+    assert three["train_images"] == 96 + dcgan_train  # the prepared real/SD train images + the DCGAN ones
 
     plots = json.loads(sh(sys.executable, "-m", "dvc", "plots", "show", "--json", cwd=work, env=env).stdout)
     assert not plots.get("errors"), plots.get("errors")  # every declared plot file exists and parses

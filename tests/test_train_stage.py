@@ -126,7 +126,7 @@ def test_missing_model_for_evaluation(tmp_path, mlflow_uri):
 
 def test_interrupted_training_resumes_from_next_epoch(tmp_path, mlflow_uri):
     """SIGTERM the real stage script after its first finished epoch; the rerun continues from epoch 2."""
-    write_prepared(tmp_path, sizes=(("train", 3000), ("val", 200), ("test", 10)))
+    write_prepared(tmp_path, sizes=(("train", 1200), ("val", 100), ("test", 10)))  # a few seconds per epoch
     args = args_for(tmp_path, "cnn", **{"models.cnn": {"epochs": 4, "batch_size": 32}})
     state = ProjectPaths(tmp_path).state / "train" / "cnn"
     script = REPO / "stages" / "train.py"
@@ -172,6 +172,7 @@ def test_three_class_splits_keep_dcgan_validation_apart():
     assert not (val_dcgan | mirrored) & train_dcgan
 
 
+@pytest.mark.slow  # the end-to-end test runs train_3class too and checks the same counts
 def test_train_3class_stage(tmp_path, mlflow_uri):
     write_prepared(tmp_path)
     generated = tmp_path / "data/generated"
