@@ -30,8 +30,10 @@ format: $(VENV)/.installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed  # the README's Benchmarks section, on ../shared/data/cifake-large.zip
 	$(BIN)/python benchmarks/decode_and_noop.py
+	$(BIN)/python benchmarks/train_throughput.py --models cnn --repeats 2
+	bash benchmarks/train_stage_memory.sh
 
 clean-state:  # forget interrupted-training state and download caches
 	rm -rf .cache
