@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, also inside `dvc exp run --temp` copies
 
 from realfake import evaluation, stage, tracking  # noqa: E402
-from realfake.classifiers import check_split, load_model  # noqa: E402
-from realfake.fileio import atomic_path, load_arrays, write_json  # noqa: E402
+from realfake.classifiers import load_model  # noqa: E402
+from realfake.fileio import atomic_path, write_json  # noqa: E402
 from realfake.params import load_params  # noqa: E402
 from realfake.prepare import Split  # noqa: E402
 
@@ -39,10 +39,7 @@ def main(paths, args) -> None:
         "evaluate", repo_root=paths.root, experiment=params.base.mlflow_experiment, params=logged,
         run_name=f"evaluate@{name}",
     ):  # fmt: skip
-        test_path = paths.prepared_split("test")
-        test = Split.from_arrays(load_arrays(test_path))
-        size = params.base.image_size
-        check_split(test, image_shape=(size, size, 3), source=str(test_path))
+        test, test_path = stage.load_test_split(paths, image_size=params.base.image_size)
         model = load_model(paths.model_file(name), rebuild_with=f"dvc repro train@{name}")
         report, text, roc, confusion = evaluate(model, test, params.evaluate, params.base.seed)
         report = {"model": name, "computed_on": f"CIFAKE test split as prepared ({test_path.name})"} | report

@@ -1,7 +1,8 @@
 """Stage `explain@<model>`: Grad-CAM heatmaps of one binary model on a fixed, seeded set of CIFAKE test images.
 
-From a seeded, class-balanced sample of `explain.candidates` test images, up to `explain.per_cell` images are
-drawn (seeded) for each row: real called real, real called fake, fake called fake, fake called real.
+The model scores a seeded, class-balanced sample of `explain.candidates` test images (decided as `evaluate`
+decides); up to `explain.per_cell` of them are drawn (seeded) for each row: real called real, real called fake,
+fake called fake, fake called real. Only those shown get a Grad-CAM pass.
 """
 
 import sys
@@ -10,11 +11,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, also inside `dvc exp run --temp` copies
 
-from realfake import explain, stage, tracking  # noqa: E402
-from realfake.classifiers import check_split, load_model  # noqa: E402
-from realfake.fileio import atomic_path, load_arrays, write_json  # noqa: E402
+from realfake import evaluation, explain, stage, tracking  # noqa: E402
+from realfake.classifiers import load_model  # noqa: E402
+from realfake.fileio import atomic_path, write_json  # noqa: E402
 from realfake.params import load_params  # noqa: E402
-from realfake.prepare import Split  # noqa: E402
 from realfake.robustness import stratified_sample  # noqa: E402
 
 
@@ -36,36 +36,39 @@ def main(paths, args) -> None:
         "explain", repo_root=paths.root, experiment=params.base.mlflow_experiment, params=logged,
         run_name=f"explain@{name}",
     ):  # fmt: skip
-        test_path = paths.prepared_split("test")
-        test = Split.from_arrays(load_arrays(test_path))
-        size = params.base.image_size
-        check_split(test, image_shape=(size, size, 3), source=str(test_path))
+        test, test_path = stage.load_test_split(paths, image_size=params.base.image_size)
         model = load_model(paths.model_file(name), rebuild_with=f"dvc repro train@{name}")
 
         chosen = stratified_sample(test.labels, count=ex.candidates, seed=seed)
-        images, labels = test.images[chosen], test.labels[chosen]
-        explained = explain.explain_batches(
-            model, images, min_size=ex.min_feature_size, threshold=threshold, batch_size=ex.batch_size
+        labels = test.labels[chosen]
+        probabilities = evaluation.predict_proba(model, test.images[chosen], batch_size=ex.batch_size)
+        predicted = evaluation.predict_labels(probabilities, threshold=threshold)
+        grid_rows = rows(explain.select_examples(labels, predicted, per_cell=ex.per_cell, seed=seed), test.class_names)
+        shown = [i for indices in grid_rows.values() for i in indices]  # candidate positions, row by row
+        shown_images = test.images[chosen[shown]]
+        explained = explain.gradcam(
+            model, shown_images, min_size=ex.min_feature_size, threshold=threshold, class_index=predicted[shown]
         )
-        cells = explain.select_examples(labels, explained.class_index, per_cell=ex.per_cell, seed=seed)
-        grid_rows = rows(cells, test.class_names)
+        tiles, start = {}, 0
+        for label, indices in grid_rows.items():  # the same rows, as positions in `shown`
+            tiles[label], start = list(range(start, start + len(indices))), start + len(indices)
 
         grid = paths.plots / "explain" / f"{name}.png"
         with atomic_path(grid) as tmp:
             explain.grid_png(
-                images, explained, grid_rows, class_names=test.class_names,
+                shown_images, explained, tiles, class_names=test.class_names,
                 title=f"{name} on CIFAKE test images", path=str(tmp),
             )  # fmt: skip
-        shown = {
-            label: [{"test_index": int(chosen[i]), "p_fake": float(explained.probabilities[i][-1])} for i in indices]
-            for label, indices in grid_rows.items()
-        }
+        p_fake = evaluation.p_fake(probabilities)
         summary = {
             "model": name,
             "layer": explained.layer,
             "computed_on": f"{len(chosen)} images of the CIFAKE test split ({test_path.name}), half real, half fake",
-            "candidates_accuracy": float((explained.class_index == labels).mean()),
-            "rows": shown,
+            "candidates_accuracy": float((predicted == labels).mean()),
+            "rows": {
+                label: [{"test_index": int(chosen[i]), "p_fake": float(p_fake[i])} for i in indices]
+                for label, indices in grid_rows.items()
+            },
         }
         write_json(paths.reports / "explain" / f"{name}.json", summary)
         tracking.log_metrics({"candidates_accuracy": summary["candidates_accuracy"]})

@@ -12,9 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, also inside `dvc exp run --temp` copies
 
 from realfake import evaluation, robustness, stage, tracking  # noqa: E402
-from realfake.classifiers import check_split, load_model  # noqa: E402
+from realfake.classifiers import load_model  # noqa: E402
 from realfake.errors import DataError, ParamsError  # noqa: E402
-from realfake.fileio import atomic_path, load_arrays, write_json  # noqa: E402
+from realfake.fileio import atomic_path, write_json  # noqa: E402
 from realfake.params import load_params  # noqa: E402
 from realfake.plots import heatmap_png  # noqa: E402
 from realfake.prepare import Split  # noqa: E402
@@ -72,10 +72,7 @@ def main(paths, args) -> None:
     with tracking.stage_run(
         "robustness", repo_root=paths.root, experiment=params.base.mlflow_experiment, params=logged
     ):
-        test_path = paths.prepared_split("test")
-        test = Split.from_arrays(load_arrays(test_path))
-        size = params.base.image_size
-        check_split(test, image_shape=(size, size, 3), source=str(test_path))
+        test, test_path = stage.load_test_split(paths, image_size=params.base.image_size)
         chosen = robustness.stratified_sample(test.labels, count=rb.max_images, seed=seed)
         sample = Split(test.images[chosen], test.labels[chosen], test.class_names)
         sets = perturbed_sets(sample, rb.perturbations, seed=seed)

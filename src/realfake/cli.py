@@ -165,31 +165,24 @@ def _load_model(args: argparse.Namespace, root: Path):
 
 def run_explain(args: argparse.Namespace) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import numpy as np
-
     from realfake import explain, predict
 
     root = args.repo.resolve() if args.repo else predict.find_repo_root(Path.cwd())
     threshold = default_threshold(root)
     min_size = repo_setting(root, "explain", "min_feature_size", fallback=FALLBACK_MIN_FEATURE_SIZE, hint="pass --repo")
+    loaded = _load_model(args, root)
     try:
-        pixels = predict.load_image(args.image, size=(32, 32), max_pixels=predict.MAX_PIXELS)
+        pixels = predict.load_image(args.image, size=predict.input_size(loaded.model), max_pixels=predict.MAX_PIXELS)
     except predict.UnreadableImageError as exc:
         _say(f"{args.image}: {exc}")
         return EXIT_FAILED
-    loaded = _load_model(args, root)
-    size = predict.input_size(loaded.model)
-    if size != (32, 32):
-        pixels = predict.load_image(args.image, size=size, max_pixels=predict.MAX_PIXELS)
     result = explain.gradcam(loaded.model, pixels[None], min_size=min_size, threshold=threshold)
     output = args.output or Path(f"{args.image.name}.gradcam.png")
     explain.overlay_png(pixels, result.heatmaps[0], output)
     names = predict.class_names(loaded.model)
-    probabilities = result.probabilities[0]
+    said = explain.caption(result.probabilities[0], names, digits=4)
     called = names[int(result.class_index[0])]
-    p_fake = float(probabilities[-1]) if len(probabilities) <= 2 else float(np.max(probabilities))
-    what = "P(fake)" if len(probabilities) <= 2 else f"P({called})"
-    sys.stdout.write(f"{output}\t{called}\t{what} {p_fake:.4f}\t{loaded.name}\tlayer {result.layer}\n")
+    sys.stdout.write(f"{output}\t{called}\t{said}\t{loaded.name}\tlayer {result.layer}\n")
     return EXIT_OK
 
 

@@ -17,6 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from realfake.evaluation import predict_labels
+
 logger = logging.getLogger(__name__)
 
 
@@ -73,10 +75,11 @@ def class_scores(probabilities: tf.Tensor, class_index: tf.Tensor) -> tf.Tensor:
     return tf.gather(probabilities, class_index, axis=1, batch_dims=1)
 
 
-def predicted_class(probabilities: np.ndarray, *, threshold: float) -> np.ndarray:
-    if probabilities.shape[-1] == 1:
-        return (probabilities[:, 0] >= threshold).astype(np.int64)
-    return probabilities.argmax(axis=1)
+def predicted_class(outputs: np.ndarray, *, threshold: float) -> np.ndarray:
+    """The class a model calls, decided as `evaluate` decides it (one sigmoid P(fake) becomes [1 - p, p])."""
+    if outputs.shape[-1] == 1:
+        outputs = np.concatenate([1.0 - outputs, outputs], axis=1)
+    return predict_labels(outputs, threshold=threshold)
 
 
 def gradcam(
@@ -101,22 +104,6 @@ def gradcam(
     peak = cam.max(axis=(1, 2), keepdims=True)
     heatmaps = np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0).astype(np.float32)
     return Explained(heatmaps, probabilities.numpy(), chosen, name)
-
-
-def explain_batches(
-    model: keras.Model, images: np.ndarray, *, min_size: int, threshold: float, batch_size: int
-) -> Explained:
-    """`gradcam` in batches (the tape holds every activation of a batch)."""
-    parts = [
-        gradcam(model, images[i : i + batch_size], min_size=min_size, threshold=threshold)
-        for i in range(0, len(images), batch_size)
-    ]
-    return Explained(
-        np.concatenate([p.heatmaps for p in parts]),
-        np.concatenate([p.probabilities for p in parts]),
-        np.concatenate([p.class_index for p in parts]),
-        parts[0].layer,
-    )
 
 
 def select_examples(
@@ -174,16 +161,17 @@ def grid_png(
                 continue
             i = indices[c]
             ax.imshow(overlay(images[i], explained.heatmaps[i], scale=4))
-            ax.set_title(_caption(explained.probabilities[i], class_names), fontsize=8)
+            ax.set_title(caption(explained.probabilities[i], class_names, digits=2), fontsize=8)
     fig.suptitle(f"{title}\nGrad-CAM of the predicted class at {explained.layer}", fontsize=9)
     fig.savefig(path, format="png", dpi=100, metadata={"Software": None})
 
 
-def _caption(probabilities: np.ndarray, class_names: tuple[str, ...]) -> str:
+def caption(probabilities: np.ndarray, class_names: tuple[str, ...], *, digits: int) -> str:
+    """What one model output says: "P(fake) 0.93" for a binary model, else its most probable class."""
     if len(probabilities) <= 2:  # binary: one sigmoid P(fake), or softmax (real, fake)
-        return f"P(fake) {probabilities[-1]:.2f}"
+        return f"P(fake) {probabilities[-1]:.{digits}f}"
     best = int(probabilities.argmax())
-    return f"{class_names[best]} {probabilities[best]:.2f}"
+    return f"P({class_names[best]}) {probabilities[best]:.{digits}f}"
 
 
 def overlay_png(image: np.ndarray, heatmap: np.ndarray, path) -> None:

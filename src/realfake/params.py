@@ -16,7 +16,6 @@ from ruamel.yaml import YAML, YAMLError
 
 from realfake.errors import ParamsError
 from realfake.prepare import AUGMENTATIONS
-from realfake.robustness import KINDS as PERTURBATIONS
 from realfake.robustness import Perturbation
 
 DATA_SOURCES = ("kaggle", "archive")
@@ -302,12 +301,7 @@ class RobustnessParams:
         require_positive(key, max_images=self.max_images)
         if not self.perturbations:
             raise ParamsError(f"{key}.perturbations: list at least one perturbation")
-        for i, perturbation in enumerate(self.perturbations):
-            if perturbation.kind not in PERTURBATIONS:
-                raise ParamsError(
-                    f"{key}.perturbations[{i}].kind: {perturbation.kind!r} is not allowed; "
-                    f"use one of {', '.join(PERTURBATIONS)}"
-                )
+        for i, perturbation in enumerate(self.perturbations):  # kinds are checked on loading (a Literal)
             try:
                 perturbation.check()
             except ValueError as exc:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import typing
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-KINDS = ("jpeg", "downscale", "blur", "noise")
+Kind = typing.Literal["jpeg", "downscale", "blur", "noise"]
+KINDS: tuple[str, ...] = typing.get_args(Kind)
 _NOISE_CHUNK = 1024  # images per float64 chunk when adding noise
 
 
@@ -23,7 +25,7 @@ class Perturbation:
     """`kind` with its `strength`: JPEG quality (1-95), downscale factor (>= 1), blur sigma or noise sigma
     (pixels, on the 0-255 scale; >= 0)."""
 
-    kind: str
+    kind: Kind
     strength: float
 
     @property

@@ -1,4 +1,4 @@
-"""What every stage script shares: logging set-up, and user errors printed as one clear line."""
+"""What every stage script shares: logging set-up, user errors printed as one clear line, the checked test split."""
 
 from __future__ import annotations
 
@@ -45,3 +45,15 @@ def run(
 def model_arg(parser: argparse.ArgumentParser) -> None:
     """The --model option of the per-model (matrix) stages."""
     parser.add_argument("--model", required=True, help="a models.<name> section of params.yaml")
+
+
+def load_test_split(paths: ProjectPaths, *, image_size: int):
+    """(the prepared CIFAKE test split, its path), checked to hold uint8 RGB images of `image_size` pixels."""
+    from realfake.classifiers import check_split
+    from realfake.fileio import load_arrays
+    from realfake.prepare import Split
+
+    path = paths.prepared_split("test")
+    test = Split.from_arrays(load_arrays(path))
+    check_split(test, image_shape=(image_size, image_size, 3), source=str(path))
+    return test, path
