@@ -47,7 +47,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from realfake import cifake, training  # noqa: E402
-from realfake.classifiers import build_classifier  # noqa: E402
+from realfake.classifiers import build_classifier, build_optimizer  # noqa: E402
 from realfake.params import ModelParams, load_params  # noqa: E402
 
 log = logging.getLogger("train_throughput")
@@ -136,12 +136,14 @@ def measure(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     training.seed_everything(seed)
     model = build_classifier(name, spec, input_shape=(image_size, image_size, 3), num_classes=2, seed=seed)
-    optimizer = training.build_optimizer(spec.optimizer, learning_rate=spec.learning_rate)
-    training.compile_classifier(model, optimizer=optimizer, jit_compile=jit_compile, run_eagerly=False)
     batch = spec.batch_size
     labels = np.load(data / "labels.npy")
     n = len(labels) // batch * batch  # whole batches only: every timed step holds `batch` images
     labels = labels[:n]
+    optimizer = build_optimizer(spec, steps_per_epoch=n // batch)
+    training.compile_classifier(
+        model, optimizer=optimizer, jit_compile=jit_compile, run_eagerly=False, label_smoothing=spec.label_smoothing
+    )
     if path == "realfake":
         images = np.load(data / "images.npy")[:n]
         x = training.make_dataset(images, labels, batch_size=batch, shuffle=True, seed=seed, augment=())

@@ -61,8 +61,12 @@ def train_and_save(paths, params, name: str, train: Split, val: Split, *, stage_
     save_model(result.model, paths.model_file(name))
     write_history(paths.plots / "train" / f"{name}.csv", result.history)
     write_json(paths.metrics / "train" / f"{name}.json", summary)
-    tracking.log_metrics(summary, prefix="final.")
-    tracking.log_artifacts(paths.model_file(name), paths.metrics / "train" / f"{name}.json")
+    tracking.log_artifacts(paths.metrics / "train" / f"{name}.json")
+    tracking.log_registered_model(  # the summary goes to the run and to the registered model as final.*
+        paths.model_file(name), registered_name=f"{params.base.registered_model_prefix}{name}",
+        class_names=train.class_names, image_shape=train.images.shape[1:], batch_size=spec.batch_size,
+        metrics={"final": summary},
+    )  # fmt: skip
     clear_state(state_dir)
     return summary
 

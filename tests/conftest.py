@@ -24,3 +24,9 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the end-to-end `dvc repro` test first: it is the longest, and with one xdist worker per core
+    (`--dist loadfile`) the other files then run beside it instead of before it on the same worker."""
+    items.sort(key=lambda item: item.path.name != "test_pipeline.py")  # stable: the rest keep their order

@@ -42,8 +42,10 @@ def compiled_model(*, learning_rate: float) -> keras.Model:
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(1, activation="sigmoid")(x)
     model = keras.Model(inputs, outputs)
-    optimizer = training.build_optimizer("adam", learning_rate=learning_rate)
-    return training.compile_classifier(model, optimizer=optimizer, jit_compile=False, run_eagerly=False)
+    optimizer = training.build_optimizer("adam", learning_rate=learning_rate, weight_decay=0.0)
+    return training.compile_classifier(
+        model, optimizer=optimizer, jit_compile=False, run_eagerly=False, label_smoothing=0.0
+    )
 
 
 def fit(state_dir: Path, extra_callbacks=(), *, learning_rate: float = 0.01) -> training.FitResult:

@@ -15,7 +15,7 @@ import yaml
 from cifake_fixture import synthetic_image
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ["stages", "src", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+COPIED = ["stages", "src", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore", "benchmarks/results"]
 
 
 def tiny_params(**overrides) -> dict:
@@ -24,7 +24,9 @@ def tiny_params(**overrides) -> dict:
     params["prepare"].update(per_class=20, val_fraction=0.2)
     params["train"]["run_eagerly"] = True  # tracing EfficientNetV2B3 costs about a minute; 1-epoch runs skip it
     for spec in params["models"].values():
-        spec.update(epochs=1, batch_size=16)
+        spec.update(epochs=1, batch_size=16, warmup_epochs=min(spec["warmup_epochs"], 0.5))
+        if spec["architecture"] == "fast":
+            spec.update(stage_filters=[4, 8], convs_per_stage=1)
         if "weights" in spec:  # transfer models: eager steps cost ~1 s each whatever the batch, so few of them
             spec.update(weights=None, batch_size=64)
     params["evaluate"].update(n_bootstrap=50, batch_size=64)

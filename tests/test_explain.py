@@ -10,6 +10,7 @@ from stage_helpers import REPO, checker_model, tiny_params, write_params, write_
 
 from realfake import cli, explain
 from realfake.models.cnn import build_cnn
+from realfake.models.fast import build_fast
 from realfake.models.transfer import build_efficientnet, build_resnet50
 from realfake.paths import ProjectPaths
 
@@ -60,6 +61,17 @@ def test_transfer_models_are_explained_inside_their_backbone(build):
     assert "/" in result.layer  # a feature map of the nested backbone, not its 1x1 output
     assert result.heatmaps.shape == (2, 32, 32) and np.isfinite(result.heatmaps).all()
     np.testing.assert_allclose(result.probabilities, model.predict(images, verbose=0), rtol=1e-4, atol=1e-5)
+
+
+def test_fast_model_is_explained_on_one_pass_and_reports_its_tta_output():
+    model = build_fast(input_shape=(32, 32, 3), stage_filters=(4, 8, 16), convs_per_stage=1, dropout=0.0,
+                       flip_tta=True, seed=0)  # fmt: skip
+    images = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    result = explain.gradcam(model, images, min_size=8, threshold=0.5)
+    assert result.layer == "relu3_1"  # the last 8x8 map; the flip TTA layers are not part of the explained pass
+    assert result.heatmaps.shape == (3, 32, 32) and np.isfinite(result.heatmaps).all()
+    # what is reported is the saved model's own output, flip TTA included
+    np.testing.assert_allclose(result.probabilities, model.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
 
 
 def test_a_model_without_a_wide_enough_feature_map_is_named():

@@ -15,6 +15,7 @@ from realfake.models import (
     build_cnn,
     build_discriminator,
     build_efficientnet,
+    build_fast,
     build_generator,
     build_resnet50,
     fetch_weights,
@@ -47,6 +48,43 @@ def no_network(monkeypatch, tmp_path) -> None:
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", fail)
+
+
+# ----------------------------------------------------------------------------- the fast detector
+
+
+def fast(flip_tta: bool) -> keras.Model:
+    return build_fast(
+        input_shape=SHAPE, stage_filters=(8, 16, 32), convs_per_stage=2, dropout=0.1, flip_tta=flip_tta, seed=0
+    )
+
+
+def test_fast_keeps_full_resolution_first_and_has_one_sigmoid_output():
+    model = fast(flip_tta=False)
+    assert model.input_shape == (None, *SHAPE) and model.output_shape == (None, 1)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [(c.output.shape[1], c.filters) for c in convs] == [(32, 8), (32, 8), (16, 16), (16, 16), (8, 32), (8, 32)]
+    assert all(c.strides == (1, 1) for c in convs)  # downsampling only by pooling, after full-resolution convs
+    assert model.layers[-1].activation is keras.activations.sigmoid
+
+
+def test_flip_tta_equals_averaging_predictions_on_mirrored_copies_by_hand(tmp_path):
+    with_tta, plain = fast(flip_tta=True), fast(flip_tta=False)
+    plain.set_weights(with_tta.get_weights())  # the TTA layers hold no weights: same network
+    x = pixels(6)
+    by_hand = (plain.predict(x, verbose=0) + plain.predict(x[:, :, ::-1], verbose=0)) / 2
+    np.testing.assert_allclose(with_tta.predict(x, verbose=0), by_hand, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(plain.predict(x, verbose=0), by_hand)  # the mirror really changes the scores
+    loaded = assert_roundtrip(with_tta, tmp_path, x)  # safe mode: the layers are registered
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), by_hand, rtol=1e-5, atol=1e-6)
+
+
+def test_flip_tta_layers_are_identity_while_training():
+    with_tta = fast(flip_tta=True)
+    x = pixels(4)
+    features = keras.Model(with_tta.inputs, with_tta.get_layer("relu3_2").output)
+    assert features(x, training=True).shape[0] == 4
+    assert features(x, training=False).shape[0] == 8  # inference appends the mirrored images
 
 
 # ----------------------------------------------------------------------------- custom layers

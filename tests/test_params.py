@@ -39,6 +39,11 @@ def test_repo_params_are_valid():
         (lambda p: p["data"].update(archive_sha256="abc"), r"data.archive_sha256: expected 64 hex digits"),
         (lambda p: p["base"].pop("seed"), r"base: missing key\(s\) base.seed"),
         (lambda p: p.pop("prepare"), r"missing section 'prepare'"),
+        (lambda p: p["models"]["fast"].update(schedule="step"), r"models.fast.schedule: 'step' is not allowed"),
+        (lambda p: p["models"]["fast"].update(warmup_epochs=12), r"models.fast.warmup_epochs: must be in \[0, epochs"),
+        (lambda p: p["models"]["cnn"].update(weight_decay=-1), r"models.cnn.weight_decay: must be >= 0"),
+        (lambda p: p["models"]["fast"].update(label_smoothing=1), r"models.fast.label_smoothing: must be in \[0, 1\)"),
+        (lambda p: p["models"]["fast"].update(stage_filters=[]), r"models.fast.stage_filters: list at least one"),
     ],
 )
 def test_bad_values_are_named(tmp_path, mutate, message):

@@ -30,48 +30,34 @@ def test_dvc_repro_runs_the_pipeline(repo_copy, mlflow_uri):
     with np.load(work / "data/prepared/train.npz") as train:
         assert train["images"].shape == (96, 32, 32, 3) and train["images"].dtype == np.uint8
 
-    for name in ("cnn", "efficientnet", "resnet50", "efficientnet_3class", "dcgan_generator"):
+    for name in ("cnn", "efficientnet", "resnet50", "fast", "efficientnet_3class", "dcgan_generator"):
         assert (work / "models" / f"{name}.keras").is_file(), name
-    for name in ("cnn", "efficientnet", "resnet50"):
+    for name in ("cnn", "efficientnet", "resnet50", "fast"):
         report = json.loads((work / f"metrics/evaluate/{name}.json").read_text())
         assert report["n"] == 48 and 0 <= report["accuracy"] <= 1
     generated = json.loads((work / "metrics/generate.json").read_text())
     assert generated["train"]["images"] == 40 and generated["test"]["images"] == 20
     cross = json.loads((work / "metrics/cross_evaluate.json").read_text())
-    assert set(cross["scores"]) == {"cnn", "efficientnet", "resnet50", "efficientnet_3class"}
+    assert set(cross["scores"]) == {"cnn", "efficientnet", "resnet50", "fast", "efficientnet_3class"}
     assert all(set(by_source) == {"real", "sd_fake", "dcgan_fake"} for by_source in cross["scores"].values())
     assert cross["scores"]["cnn"]["dcgan_fake"]["n"] == 20 and cross["scores"]["cnn"]["real"]["n"] == 24
     robust = json.loads((work / "metrics/robustness.json").read_text())
-    assert set(robust["scores"]) == {"cnn", "efficientnet", "resnet50"}
+    assert set(robust["scores"]) == {"cnn", "efficientnet", "resnet50", "fast"}
     assert robust["perturbations"][0] == "none" and len(robust["perturbations"]) == 8
     assert all(s["n"] == 48 for by_name in robust["scores"].values() for s in by_name.values())
-    for name in ("cnn", "efficientnet", "resnet50"):
+    for name in ("cnn", "efficientnet", "resnet50", "fast"):
         assert (work / f"plots/explain/{name}.png").read_bytes()[:4] == b"\x89PNG", name
         assert json.loads((work / f"reports/explain/{name}.json").read_text())["model"] == name
 
     client = MlflowClient(mlflow_uri)
     exp = client.get_experiment_by_name("realfake")
     runs = client.search_runs([exp.experiment_id])
-    assert sorted(r.data.tags["stage"] for r in runs) == sorted(
-        [
-            "download",
-            "prepare",
-            "train",
-            "train",
-            "train",
-            "evaluate",
-            "evaluate",
-            "evaluate",
-            "train_dcgan",
-            "generate",
-            "train_3class",
-            "cross_evaluate",
-            "robustness",
-            "explain",
-            "explain",
-            "explain",
-        ]
-    )
+    per_model = ["train", "evaluate", "explain"] * 4  # cnn, efficientnet, resnet50, fast
+    once = ["download", "prepare", "train_dcgan", "generate", "train_3class", "cross_evaluate", "robustness"]
+    assert sorted(r.data.tags["stage"] for r in runs) == sorted(per_model + once)
+    registered = {m.name for m in client.search_registered_models()}
+    trained = ("cnn", "efficientnet", "resnet50", "fast", "efficientnet_3class")
+    assert registered == {f"realfake-{name}" for name in trained}  # every train stage registered its model
     assert all(r.info.status == "FINISHED" for r in runs)
     [three_run] = [r for r in runs if r.data.tags["stage"] == "train_3class"]
     dcgan_train = three_run.data.metrics["images.train.dcgan_fake"]

@@ -1,5 +1,6 @@
 """The classifier stages: train@<model>, evaluate@<model>, train_3class (run through their main())."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -39,19 +40,41 @@ def only_run(uri, stage):
     return client, runs[0]
 
 
-@pytest.mark.parametrize("name", ["cnn", "efficientnet", "resnet50", "efficientnet_3class"])
+@pytest.mark.parametrize("name", ["cnn", "efficientnet", "resnet50", "efficientnet_3class", "fast"])
 def test_build_every_model_from_params(tmp_path, name):
     params = load_params(write_params(tmp_path, tiny_params()).params)
     classes = 3 if name.endswith("3class") else 2
     model = build_classifier(name, params.models[name], input_shape=(32, 32, 3), num_classes=classes, seed=0)
     assert model.input_shape == (None, 32, 32, 3)
-    assert model.output_shape == (None, 1 if name == "cnn" else classes)
+    assert model.output_shape == (None, 1 if name in ("cnn", "fast") else classes)
+
+
+def test_repo_fast_model_fits_its_parameter_budget(tmp_path):
+    spec = load_params(REPO / "params.yaml", sections=["models.fast"]).models["fast"]
+    model = build_classifier("fast", spec, input_shape=(32, 32, 3), num_classes=2, seed=0)
+    assert model.count_params() <= spec.max_parameters
+    small = dataclasses.replace(spec, max_parameters=model.count_params() - 1)
+    with pytest.raises(ParamsError, match=r"models.fast: the network has [\d,]+ parameters, over models.fast.max_"):
+        build_classifier("fast", small, input_shape=(32, 32, 3), num_classes=2, seed=0)
+    with pytest.raises(ParamsError, match="models.fast.architecture: fast has one sigmoid output"):
+        build_classifier("fast", spec, input_shape=(32, 32, 3), num_classes=3, seed=0)
 
 
 def test_cnn_cannot_have_three_classes(tmp_path):
     params = load_params(write_params(tmp_path, tiny_params()).params)
     with pytest.raises(ParamsError, match="models.cnn.architecture: cnn has one sigmoid output"):
         build_classifier("cnn", params.models["cnn"], input_shape=(32, 32, 3), num_classes=3, seed=0)
+
+
+def test_fast_model_trains_through_the_stage(tmp_path, mlflow_uri):
+    write_prepared(tmp_path)
+    train_stage.main(ProjectPaths(tmp_path), args_for(tmp_path, "fast"))
+    for out in ("models/fast.keras", "plots/train/fast.csv", "metrics/train/fast.json"):
+        assert (tmp_path / out).is_file(), out
+    summary = json.loads((tmp_path / "metrics/train/fast.json").read_text())
+    assert summary["epochs_run"] == 1 and summary["train_images"] == 64
+    model = load_model(tmp_path / "models/fast.keras", rebuild_with="x")
+    assert [type(layer).__name__ for layer in (model.layers[0], model.layers[-1])] == ["FlipTTAStack", "FlipTTAMean"]
 
 
 def test_train_then_evaluate_write_every_declared_output(tmp_path, mlflow_uri):
@@ -66,6 +89,9 @@ def test_train_then_evaluate_write_every_declared_output(tmp_path, mlflow_uri):
     client, run = only_run(mlflow_uri, "train")
     assert run.info.status == "FINISHED" and "val_accuracy" in run.data.metrics
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
+    (version,) = client.search_model_versions("name='realfake-cnn'")  # registered from the stage's run
+    assert version.run_id == run.info.run_id
+    assert "final.best.val_accuracy" in run.data.metrics  # what tests/test_registry.py finds on the model too
 
     evaluate_stage.main(paths, args_for(tmp_path, "cnn"))
     report = json.loads((tmp_path / "metrics/evaluate/cnn.json").read_text())

@@ -128,14 +128,60 @@ def test_pipeline_holds_no_float32_copy_of_the_data():
 
 @pytest.mark.parametrize("name", ["adam", "adamax", "adamw", "sgd"])
 def test_build_optimizer(name):
-    optimizer = training.build_optimizer(name, learning_rate=0.002)
+    optimizer = training.build_optimizer(name, learning_rate=0.002, weight_decay=0.0)
     assert type(optimizer).__name__.lower() == name
     assert float(optimizer.learning_rate) == pytest.approx(0.002)
+    assert not optimizer.weight_decay  # 0 switches decay off, even AdamW's own default of 0.004
 
 
 def test_build_optimizer_rejects_unknown_names():
     with pytest.raises(ValueError, match="'rmsprop'.*adamax"):
-        training.build_optimizer("rmsprop", learning_rate=0.1)
+        training.build_optimizer("rmsprop", learning_rate=0.1, weight_decay=0.0)
+
+
+def test_weight_decay_spares_batchnorm_and_biases():
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, name="dense"), keras.layers.BatchNormalization(name="bn")]
+    )
+    for variable in model.trainable_variables:
+        variable.assign(keras.ops.ones_like(variable))
+    optimizer = training.build_optimizer("sgd", learning_rate=0.5, weight_decay=0.1)
+    optimizer.apply_gradients([(keras.ops.zeros_like(v), v) for v in model.trainable_variables])
+    after = {v.path.split("/")[-1]: float(keras.ops.max(v)) for v in model.trainable_variables}
+    # zero gradients: only decay moves a variable, by lr * decay = 0.05 of its value
+    assert after == {"kernel": pytest.approx(0.95), "bias": 1.0, "gamma": 1.0, "beta": 1.0}
+
+
+def test_warmup_cosine_schedule_rises_then_decays_to_zero():
+    schedule = training.learning_rate_schedule(
+        "warmup_cosine", learning_rate=0.01, warmup_epochs=1, epochs=5, steps_per_epoch=10
+    )
+    rates = [float(schedule(step)) for step in range(51)]
+    assert rates[0] == 0.0 and rates[5] == pytest.approx(0.005) and rates[10] == pytest.approx(0.01)
+    assert max(rates) == pytest.approx(0.01)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:], strict=False))  # monotone decay after warmup
+    assert rates[30] == pytest.approx(0.005, rel=1e-5)  # halfway through the 40 decay steps: cos(pi/2)
+    assert rates[50] == pytest.approx(0.0, abs=1e-9)
+    assert training.learning_rate_schedule("constant", learning_rate=0.01, warmup_epochs=0, epochs=5,
+                                           steps_per_epoch=10) == 0.01  # fmt: skip
+    with pytest.raises(ValueError, match="'linear'.*warmup_cosine"):
+        training.learning_rate_schedule("linear", learning_rate=0.01, warmup_epochs=0, epochs=5, steps_per_epoch=10)
+
+
+def test_label_smoothing_pulls_binary_targets_towards_half():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, activation="sigmoid")])
+    training.compile_classifier(
+        model, optimizer=keras.optimizers.SGD(), jit_compile=False, run_eagerly=False, label_smoothing=0.2
+    )
+    y_true, y_pred = np.array([[1.0]]), np.array([[0.9]])
+    # target 1 smoothed by 0.2 -> 0.9: loss = -(0.9 log 0.9 + 0.1 log 0.1)
+    expected = -(0.9 * np.log(0.9) + 0.1 * np.log(0.1))
+    assert float(model.loss(y_true, y_pred)) == pytest.approx(expected, rel=1e-5)
+    softmax = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3, activation="softmax")])
+    with pytest.raises(ValueError, match="label_smoothing needs a one-unit sigmoid"):
+        training.compile_classifier(
+            softmax, optimizer=keras.optimizers.SGD(), jit_compile=False, run_eagerly=False, label_smoothing=0.1
+        )
 
 
 @pytest.mark.parametrize(
@@ -147,7 +193,9 @@ def test_build_optimizer_rejects_unknown_names():
 )
 def test_compile_classifier_picks_loss_from_output_units(images, units, loss, metric):
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(units)])
-    training.compile_classifier(model, optimizer=keras.optimizers.SGD(), jit_compile=False, run_eagerly=False)
+    training.compile_classifier(
+        model, optimizer=keras.optimizers.SGD(), jit_compile=False, run_eagerly=False, label_smoothing=0.0
+    )
     assert isinstance(model.loss, loss)
     ds = training.make_dataset(images, np.arange(100) % 2, batch_size=50, shuffle=False, seed=0, augment=())
     logs = model.evaluate(ds, return_dict=True, verbose=0)  # integer labels work with either loss
@@ -209,6 +257,7 @@ def test_fit_returns_the_best_validation_epoch_and_reuses_a_finished_state(tmp_p
     speeds = np.array(result.history["train_images_per_s"])
     np.testing.assert_allclose(speeds, resume_worker.N_TRAIN / np.array(result.history["train_seconds"]))
     assert result.train_seconds == pytest.approx(sum(result.history["train_seconds"]))
+    assert result.history["train_minutes"][-1] == pytest.approx(result.train_seconds / 60, abs=1e-3)  # cumulative
     assert [p.name for p in tmp_path.glob("best-*")] == [f"best-epoch{result.best_epoch:04d}.weights.h5"]
     assert not (tmp_path / training.BACKUP).exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from realfake import models, training
 from realfake.errors import DataError, ParamsError
-from realfake.params import CnnParams, EfficientNetParams, ModelParams, ResNetParams, TrainParams
+from realfake.params import CnnParams, EfficientNetParams, FastParams, ModelParams, ResNetParams, TrainParams
 from realfake.prepare import Split
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,29 @@ def build_classifier(
             input_shape=input_shape, num_classes=num_classes, weights=spec.weights, dense_units=spec.dense_units,
             dropout=spec.dropout, seed=seed, params_key=f"{key}.weights",
         )  # fmt: skip
+    if isinstance(spec, FastParams):
+        if num_classes != 2:
+            raise ParamsError(f"{key}.architecture: fast has one sigmoid output (binary); use efficientnet or resnet50")
+        model = models.build_fast(
+            input_shape=input_shape, stage_filters=spec.stage_filters, convs_per_stage=spec.convs_per_stage,
+            dropout=spec.dropout, flip_tta=spec.flip_tta, seed=seed,
+        )  # fmt: skip
+        if model.count_params() > spec.max_parameters:
+            raise ParamsError(
+                f"{key}: the network has {model.count_params():,} parameters, over {key}.max_parameters="
+                f"{spec.max_parameters:,}; narrow {key}.stage_filters or raise the budget"
+            )
+        return model
     raise ParamsError(f"{key}: unsupported architecture {type(spec).__name__}")
+
+
+def build_optimizer(spec: ModelParams, *, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The optimizer of models.<name>, with its learning-rate schedule laid out over `steps_per_epoch`."""
+    rate = training.learning_rate_schedule(
+        spec.schedule, learning_rate=spec.learning_rate, warmup_epochs=spec.warmup_epochs, epochs=spec.epochs,
+        steps_per_epoch=steps_per_epoch,
+    )  # fmt: skip
+    return training.build_optimizer(spec.optimizer, learning_rate=rate, weight_decay=spec.weight_decay)
 
 
 def check_split(split: Split, *, image_shape: tuple[int, int, int], source: str) -> None:
@@ -84,9 +107,10 @@ def train_classifier(
         model = build_classifier(name, spec, input_shape=image_shape, num_classes=num_classes, seed=seed)
         training.compile_classifier(
             model,
-            optimizer=training.build_optimizer(spec.optimizer, learning_rate=spec.learning_rate),
+            optimizer=build_optimizer(spec, steps_per_epoch=math.ceil(len(train.labels) / spec.batch_size)),
             jit_compile=train_params.jit_compile,
             run_eagerly=train_params.run_eagerly,
+            label_smoothing=spec.label_smoothing,
         )
     train_ds = training.make_dataset(
         train.images, train.labels, batch_size=spec.batch_size, shuffle=True, seed=seed, augment=spec.augment

@@ -6,6 +6,8 @@ spatial mean of d(class score)/dA_k; it is resized to the input (bilinear) and s
 Works on the models realfake's factories build: a chain of layers that may contain one nested backbone
 (EfficientNetV2B3, ResNet50). At 32x32 input the backbones' last feature maps are 1x1, which cannot localise
 anything, so the explained layer is the last one whose feature map is at least `min_size` pixels wide.
+Test-time augmentation layers (the fast model's flip TTA) are skipped: the heatmap explains the model's pass
+over the image as given; the class it explains and the probabilities reported are the whole model's.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from realfake.evaluation import predict_labels
+from realfake.models.layers import InferenceOnly
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +39,8 @@ def _spatial_width(layer: keras.layers.Layer) -> int | None:
 
 
 def _chain(model: keras.Model) -> list[keras.layers.Layer]:
-    return [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    """The model's layers in order, without its input and its test-time augmentation (one pass is explained)."""
+    return [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer | InferenceOnly)]
 
 
 def _target(model: keras.Model, min_size: int) -> tuple[int, keras.Model | None, str]:
@@ -91,19 +95,21 @@ def gradcam(
     chain = _chain(model)
     position, features, name = _target(model, min_size)
     x = tf.convert_to_tensor(images, dtype=tf.float32)
+    # The whole model's output (with its test-time augmentation, if any) decides and captions the class.
+    probabilities = model(x, training=False).numpy()
+    chosen = (predicted_class(probabilities, threshold=threshold) if class_index is None else class_index).astype(
+        np.int64
+    )
     with tf.GradientTape() as tape:
-        maps, probabilities = _forward(chain, position, features, x)
-        chosen = (
-            predicted_class(probabilities.numpy(), threshold=threshold) if class_index is None else class_index
-        ).astype(np.int64)
-        scores = class_scores(probabilities, tf.constant(chosen))
+        maps, single_pass = _forward(chain, position, features, x)
+        scores = class_scores(single_pass, tf.constant(chosen))
     grads = tape.gradient(scores, maps)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
     cam = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1))[..., None]
     cam = tf.image.resize(cam, images.shape[1:3], method="bilinear")[..., 0].numpy()
     peak = cam.max(axis=(1, 2), keepdims=True)
     heatmaps = np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0).astype(np.float32)
-    return Explained(heatmaps, probabilities.numpy(), chosen, name)
+    return Explained(heatmaps, probabilities, chosen, name)
 
 
 def select_examples(

@@ -21,6 +21,7 @@ from realfake.robustness import Perturbation
 DATA_SOURCES = ("kaggle", "archive")
 STRATEGIES = ("auto", "default", "mirrored")
 OPTIMIZERS = ("adam", "adamax", "adamw", "sgd")
+SCHEDULES = ("constant", "warmup_cosine")
 
 
 # ----------------------------------------------------------------------------- generic dataclass loading
@@ -97,6 +98,7 @@ class BaseParams:
     seed: int
     image_size: int
     mlflow_experiment: str
+    registered_model_prefix: str
 
     def validate(self, key: str) -> None:
         require_positive(key, image_size=self.image_size)
@@ -161,11 +163,20 @@ class _Fit:
     epochs: int
     batch_size: int
     optimizer: Literal["adam", "adamax", "adamw", "sgd"]
-    learning_rate: float
+    learning_rate: float  # the constant rate, or the peak of warmup_cosine
+    schedule: Literal["constant", "warmup_cosine"]
+    warmup_epochs: float  # warmup_cosine: linear rise from 0 over this many epochs, then cosine decay to 0
+    weight_decay: float  # decoupled weight decay per step (0 = none); BatchNorm and biases are exempt
+    label_smoothing: float  # binary cross-entropy targets pulled this far towards 0.5 (one-unit models only)
     augment: tuple[str, ...]  # on the fly, per batch; the prepare stage's copies are separate
 
     def validate(self, key: str) -> None:
         require_positive(key, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate)
+        require_fraction(key, label_smoothing=self.label_smoothing)
+        if self.weight_decay < 0:
+            raise ParamsError(f"{key}.weight_decay: must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ParamsError(f"{key}.warmup_epochs: must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
         for name in self.augment:
             if name not in AUGMENTATIONS:
                 raise ParamsError(f"{key}.augment: unknown augmentation {name!r}; allowed: {', '.join(AUGMENTATIONS)}")
@@ -207,8 +218,25 @@ class ResNetParams(_Fit):
         require_fraction(key, dropout=self.dropout)
 
 
-ARCHITECTURES = {"cnn": CnnParams, "efficientnet": EfficientNetParams, "resnet50": ResNetParams}
-ModelParams = CnnParams | EfficientNetParams | ResNetParams
+@dataclasses.dataclass(frozen=True)
+class FastParams(_Fit):
+    architecture: Literal["fast"]
+    stage_filters: tuple[int, ...]  # conv width per resolution stage (32, 16, 8, ... px)
+    convs_per_stage: int
+    dropout: float
+    flip_tta: bool
+    max_parameters: int  # the factory refuses a network larger than this budget
+
+    def validate(self, key: str) -> None:
+        super().validate(key)
+        require_fraction(key, dropout=self.dropout)
+        require_positive(key, convs_per_stage=self.convs_per_stage, max_parameters=self.max_parameters)
+        if not self.stage_filters or min(self.stage_filters) <= 0:
+            raise ParamsError(f"{key}.stage_filters: list at least one positive width, got {list(self.stage_filters)}")
+
+
+ARCHITECTURES = {"cnn": CnnParams, "efficientnet": EfficientNetParams, "resnet50": ResNetParams, "fast": FastParams}
+ModelParams = CnnParams | EfficientNetParams | ResNetParams | FastParams
 
 
 def load_model_params(raw: Any, key: str) -> ModelParams:

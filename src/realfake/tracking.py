@@ -157,15 +157,17 @@ def log_metrics(metrics: Mapping[str, Any], *, step: int | None = None, prefix: 
     """Log every numeric leaf of a nested dict, keys joined with '.' (MLflow keys allow dots and slashes)."""
     import mlflow
 
-    from realfake.params import flatten
-
-    numeric = {
-        f"{prefix}{k}".replace(" ", "_"): float(v)
-        for k, v in flatten(dict(metrics)).items()
-        if isinstance(v, int | float) and not isinstance(v, bool)
-    }
+    numeric = {f"{prefix}{k}".replace(" ", "_"): v for k, v in _numeric_leaves(metrics).items()}
     if numeric:
         _with_retries(lambda: mlflow.log_metrics(numeric, step=step))
+
+
+def _numeric_leaves(metrics: Mapping[str, Any]) -> dict[str, float]:
+    from realfake.params import flatten
+
+    return {
+        k: float(v) for k, v in flatten(dict(metrics)).items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
 
 
 def log_artifacts(*paths: Path, artifact_path: str | None = None) -> None:
@@ -177,3 +179,47 @@ def log_artifacts(*paths: Path, artifact_path: str | None = None) -> None:
             mlflow.log_artifacts(str(path), artifact_path=artifact_path)
         elif path.exists():
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+# What the registered pyfunc imports when it is served (realfake's own code travels inside the model).
+SERVING_PACKAGES = ("tensorflow", "keras", "mlflow", "numpy", "pandas", "pillow", "scikit-learn", "ruamel.yaml")
+
+
+def log_registered_model(
+    model_file: Path,
+    *,
+    registered_name: str,
+    class_names: tuple[str, ...],
+    image_shape: tuple[int, int, int],
+    batch_size: int,
+    metrics: Mapping[str, Any],
+) -> Any:
+    """Log `model_file` to the active run as a pyfunc (realfake.registry), register it as `registered_name` and
+    log `metrics` (nested keys joined with '.') to the run and the logged model alike; returns MLflow's ModelInfo
+    (registered_model_version among it).
+
+    Requirements are pinned to this environment's versions instead of being inferred (inference loads the model
+    in a subprocess: ~20 s of TensorFlow start-up per stage).
+    """
+    from importlib.metadata import version
+
+    import mlflow
+
+    import realfake
+    from realfake import registry
+
+    info = _with_retries(
+        lambda: mlflow.pyfunc.log_model(
+            name="model",
+            python_model=registry.DetectorModel(class_names, batch_size),
+            artifacts={registry.KERAS_ARTIFACT: str(model_file)},
+            code_paths=[str(Path(realfake.__file__).parent)],
+            signature=registry.signature(image_shape, class_names),
+            pip_requirements=[f"{name}=={version(name)}" for name in SERVING_PACKAGES],
+            registered_model_name=registered_name,
+        )
+    )
+    numeric = {k.replace(" ", "_"): v for k, v in _numeric_leaves(metrics).items()}
+    if numeric:
+        _with_retries(lambda: mlflow.log_metrics(numeric, model_id=info.model_id))
+    return info

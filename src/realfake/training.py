@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from realfake.params import AUGMENTATIONS, OPTIMIZERS, STRATEGIES
+from realfake.params import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, STRATEGIES
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +100,10 @@ def make_dataset(
     if "rot90" in augment and images.shape[1] != images.shape[2]:
         raise ValueError(f"rot90 needs square images, got {images.shape[1]}x{images.shape[2]}")
 
-    # One uint8 tensor for the whole set; every batch gathers from it. No .cache(): the data is already in
-    # memory, caching after the cast would hold a float32 copy (4x the bytes) and would freeze augmentation.
-    all_images = tf.convert_to_tensor(images)
+    # Batches are gathered from the caller's NumPy array itself (tf.numpy_function), not from a TensorFlow copy
+    # of it: the pixels exist once in memory (a tensor copy doubled the train stage's peak RSS). No .cache():
+    # caching after the cast would hold a float32 copy (4x the bytes) and would freeze augmentation.
+    images = np.ascontiguousarray(images)  # np.load's arrays already are: no copy
     all_labels = tf.convert_to_tensor(np.asarray(labels, dtype=np.int32))
     n, height, width, channels = images.shape
 
@@ -111,11 +113,15 @@ def make_dataset(
         indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     batches = indices.batch(batch_size)
 
+    def from_numpy(take, positions: tf.Tensor) -> tf.Tensor:
+        batch = tf.numpy_function(take, [positions], tf.uint8, stateful=False)  # NumPy copies just the batch
+        return tf.cast(tf.reshape(batch, [-1, height, width, channels]), tf.float32)
+
     if augment:
         # Augmenting = picking each output pixel from a permuted position of its source image, so one gather
         # on the pixel rows of the whole set both reads the batch and transforms it (about 6x faster on CPU
         # than per-image flips/rotations of uint8 tensors, which TensorFlow does not vectorise well).
-        pixels = tf.reshape(all_images, [n * height * width, channels])  # a view, not a copy
+        pixels = images.reshape(n * height * width, channels)  # a view, not a copy
         tables = tf.constant(_pixel_permutations(height, width, augment), dtype=tf.int64)
         # One stateless seed pair per batch, fresh every epoch but reproducible from `seed`.
         seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
@@ -123,14 +129,13 @@ def make_dataset(
         def load(idx, pair):
             choice = tf.random.stateless_uniform(tf.shape(idx), seed=pair, maxval=len(tables), dtype=tf.int32)
             rows = tf.gather(tables, choice) + idx[:, None] * (height * width)
-            batch = tf.reshape(tf.gather(pixels, rows), [-1, height, width, channels])
-            return tf.cast(batch, tf.float32), tf.gather(all_labels, idx)
+            return from_numpy(lambda r: pixels[r], tf.reshape(rows, [-1])), tf.gather(all_labels, idx)
 
         batches = tf.data.Dataset.zip(batches, seeds)
     else:
 
         def load(idx):
-            return tf.cast(tf.gather(all_images, idx), tf.float32), tf.gather(all_labels, idx)
+            return from_numpy(lambda i: images[i], idx), tf.gather(all_labels, idx)
 
     return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -146,8 +151,33 @@ def count_examples(dataset: tf.data.Dataset) -> int:
 # ----------------------------------------------------------------------------- optimizers, compile, strategy
 
 
-def build_optimizer(name: str, *, learning_rate: float) -> keras.optimizers.Optimizer:
-    """A Keras optimizer by name; its other settings keep Keras' defaults (e.g. AdamW weight decay 0.004)."""
+def learning_rate_schedule(
+    name: str, *, learning_rate: float, warmup_epochs: float, epochs: int, steps_per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate per optimizer step. Schedule "constant": `learning_rate`; "warmup_cosine": a linear rise
+    from 0 to `learning_rate` over `warmup_epochs`, then a cosine decay to 0 at the end of the last epoch. Steps count optimizer updates, so a
+    resumed run continues the schedule where it stopped (the iteration count is saved with the weights).
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {name!r}; allowed: {', '.join(SCHEDULES)}")
+    if name == "constant":
+        return learning_rate
+    total = epochs * steps_per_epoch
+    warmup = round(warmup_epochs * steps_per_epoch)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, warmup_target=learning_rate, warmup_steps=warmup, decay_steps=total - warmup
+    )
+
+
+def build_optimizer(
+    name: str,
+    *,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+    weight_decay: float,
+) -> keras.optimizers.Optimizer:
+    """A Keras optimizer by name with decoupled `weight_decay` (0 = none; BatchNorm and biases are exempt);
+    its other settings keep Keras' defaults.
+    """
     classes = {
         "adam": keras.optimizers.Adam,
         "adamax": keras.optimizers.Adamax,
@@ -157,7 +187,15 @@ def build_optimizer(name: str, *, learning_rate: float) -> keras.optimizers.Opti
     assert set(classes) == set(OPTIMIZERS), "keep build_optimizer in step with params.OPTIMIZERS"
     if name not in classes:
         raise ValueError(f"unknown optimizer {name!r}; allowed: {', '.join(OPTIMIZERS)}")
-    return classes[name](learning_rate=learning_rate)
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay: must be >= 0, got {weight_decay}")
+    # Passed explicitly, or AdamW applies its own default of 0.004; None skips the decay step (AdamW needs a float).
+    decay = weight_decay if weight_decay or name == "adamw" else None
+    optimizer = classes[name](learning_rate=learning_rate, weight_decay=decay)
+    if weight_decay:
+        # Decaying BatchNorm scales/shifts and biases only fights the normalisation (matched by variable name).
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
 
 
 def compile_classifier(
@@ -166,16 +204,20 @@ def compile_classifier(
     optimizer: keras.optimizers.Optimizer,
     jit_compile: bool | Literal["auto"],
     run_eagerly: bool,
+    label_smoothing: float,
 ) -> keras.Model:
     """Compile for integer labels: one sigmoid unit -> binary cross-entropy, else softmax -> sparse categorical.
 
     The accuracy metric is named "accuracy" either way, so histories and monitors read the same for all models.
+    `label_smoothing` pulls the binary targets towards 0.5 (Keras' sparse categorical loss has no smoothing).
     """
     units = model.outputs[0].shape[-1] if len(model.outputs) == 1 else None
     if units is None:
         raise ValueError(f"model {model.name!r}: expected one output tensor, got {len(model.outputs)}")
+    if label_smoothing and units != 1:
+        raise ValueError(f"model {model.name!r}: label_smoothing needs a one-unit sigmoid output, not {units} units")
     if units == 1:
-        loss = keras.losses.BinaryCrossentropy()
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
         accuracy = keras.metrics.BinaryAccuracy(name="accuracy")
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
@@ -494,10 +536,13 @@ def _result(model: keras.Model, state_dir: Path, progress: dict[str, Any], carri
             model.optimizer.build(model.trainable_variables)  # the file also holds the optimizer's state
         model.load_weights(_best_path(state_dir, best_epoch))
     keys = list(dict.fromkeys(k for entry in history for k in entry))
-    timing = {"epoch", "train_seconds", "epoch_seconds", "train_images_per_s"}
+    timing = {"epoch", "train_seconds", "epoch_seconds", "train_images_per_s", "train_minutes"}
+    columns = {k: [entry.get(k) for entry in history] for k in keys}
+    # cumulative training time at the end of each epoch: the x axis of accuracy-against-time plots
+    columns["train_minutes"] = [round(t / 60, 3) for t in itertools.accumulate(columns["train_seconds"])]
     return FitResult(
         model=model,
-        history={k: [entry.get(k) for entry in history] for k in keys},
+        history=columns,
         best_epoch=best_epoch,
         best_metrics={k: v for k, v in history[best_epoch - 1].items() if k not in timing},
         epochs_run=len(history),

@@ -8,15 +8,19 @@ from realfake.models.dcgan import (
     generate_images,
     generated_to_uint8,
 )
-from realfake.models.layers import ResNetPreprocess
+from realfake.models.fast import build_fast
+from realfake.models.layers import FlipTTAMean, FlipTTAStack, ResNetPreprocess
 from realfake.models.transfer import build_efficientnet, build_resnet50, fetch_weights, keras_models_dir
 
 __all__ = [
     "DCGAN",
+    "FlipTTAMean",
+    "FlipTTAStack",
     "ResNetPreprocess",
     "build_cnn",
     "build_discriminator",
     "build_efficientnet",
+    "build_fast",
     "build_generator",
     "build_resnet50",
     "fetch_weights",

@@ -21,3 +21,35 @@ class ResNetPreprocess(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+class InferenceOnly(keras.layers.Layer):
+    """A layer that acts only at inference (training=False) and is the identity while training."""
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="realfake")
+class FlipTTAStack(InferenceOnly):
+    """Flip test-time augmentation, first half: at inference, append the mirror image of every image to the
+    batch (N -> 2N). Pair it with `FlipTTAMean` at the end of the same chain of per-image layers.
+    """
+
+    def call(self, inputs, training=None):
+        if training:
+            return inputs
+        return ops.concatenate([inputs, ops.flip(inputs, axis=2)], axis=0)
+
+
+@keras.saving.register_keras_serializable(package="realfake")
+class FlipTTAMean(InferenceOnly):
+    """Flip test-time augmentation, second half: at inference, average each image's output with its mirror's
+    (2N -> N). Everything between the two halves must treat images independently (BatchNorm does at inference).
+    """
+
+    def call(self, inputs, training=None):
+        if training:
+            return inputs
+        original, mirrored = ops.split(inputs, 2, axis=0)
+        return (original + mirrored) / 2

@@ -1,0 +1,195 @@
+"""Benchmark: realfake's `fast` detector on a CPU budget: test accuracy against cumulative training time.
+
+    .venv/bin/python benchmarks/fast_detector.py [--seeds 42 1 2] [--epochs N] [--per-class N]
+        [--archive ../shared/data/cifake-large.zip] [--output-dir benchmarks/results]
+
+Trains models.fast from params.yaml (`--epochs` overrides its epochs; the schedule is laid out over them) with
+the library's own code path (`classifiers.train_classifier`, tf.data from uint8 arrays, resumable fit), once
+per seed, on the archive's train images (all of them by default; duplicates and copies of test images dropped
+as the prepare stage does; a validation split of `prepare.val_fraction` carved off; no stored augmented copies:
+the model flips on the fly). The validation split picks the best epoch, as in the pipeline.
+
+Reporting only, never selection: after every epoch the model (flip TTA included) scores the archive's whole test
+split; those scores go to the accuracy-vs-time curve and to nothing else. Training time is the sum of the epochs'
+training parts (validation, the test pass and the one-off data decoding excluded); the first epoch includes
+tracing. The selected model's final test scores carry bootstrap confidence intervals (`evaluate` params).
+
+Writes <output-dir>/<name>/summary.json (per seed, and mean/spread over seeds) and curve_seed<S>.csv (one row
+per epoch), which dvc.yaml declares as a plot. Long: about (epochs x 2.5 min) per seed on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+import keras  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+from train_throughput import machine  # noqa: E402
+
+from realfake import cifake, evaluation  # noqa: E402
+from realfake.classifiers import train_classifier  # noqa: E402
+from realfake.params import load_params  # noqa: E402
+from realfake.prepare import Split, prepare_splits, train_pool  # noqa: E402
+
+log = logging.getLogger("fast_detector")
+DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifake-large.zip"
+
+
+class TestCurve(keras.callbacks.Callback):
+    """After each epoch: cumulative training seconds, val accuracy and the test split's accuracy and AUC."""
+
+    def __init__(self, test: Split, *, batch_size: int, threshold: float):
+        super().__init__()
+        self.test, self.batch_size, self.threshold = test, batch_size, threshold
+        self.rows: list[dict] = []
+        self.train_seconds = 0.0
+        self._t0 = 0.0
+        self._t_train: float | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0, self._t_train = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        if self._t_train is None:  # the epoch's training steps are done when validation starts
+            self._t_train = time.perf_counter() - self._t0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.train_seconds += self._t_train or (time.perf_counter() - self._t0)
+        p_fake = evaluation.p_fake(evaluation.predict_proba(self.model, self.test.images, batch_size=self.batch_size))
+        predicted = evaluation.binary_predictions(p_fake, threshold=self.threshold)
+        row = {
+            "epoch": epoch + 1,
+            "train_minutes": round(self.train_seconds / 60, 3),
+            "val_accuracy": round(float(logs["val_accuracy"]), 5),
+            "test_accuracy": round(float((predicted == self.test.labels).mean()), 5),
+            "test_roc_auc": round(float(roc_auc_score(self.test.labels == 1, p_fake)), 6),
+        }
+        self.rows.append(row)
+        log.info("curve: %s", row)
+
+
+def load_splits(raw, *, per_class: int | None, val_fraction: float, seed: int) -> dict[str, Split]:
+    if per_class is None:  # every usable train image of the smaller class
+        pool, _ = train_pool(raw, drop_test_overlap=True)
+        per_class = min(len(indices) for indices in pool.values())
+    splits, report = prepare_splits(
+        raw, per_class=per_class, val_fraction=val_fraction, augmentations=(), drop_test_overlap=True, seed=seed
+    )
+    log.info("splits: %s", report["sizes"])
+    return splits
+
+
+def run_seed(raw, params, spec, *, seed: int, per_class: int | None) -> tuple[dict, list[dict]]:
+    splits = load_splits(raw, per_class=per_class, val_fraction=params.prepare.val_fraction, seed=seed)
+    ev = params.evaluate
+    curve = TestCurve(splits["test"], batch_size=ev.batch_size, threshold=ev.threshold)
+    with tempfile.TemporaryDirectory() as state_root:
+        result, _ = train_classifier(
+            "fast", spec, params.train, splits["train"], splits["val"], seed=seed, state_root=Path(state_root),
+            extra_callbacks=[curve],
+        )  # fmt: skip
+    test = splits["test"]
+    p_fake = evaluation.p_fake(evaluation.predict_proba(result.model, test.images, batch_size=ev.batch_size))
+    report = evaluation.binary_report(
+        test.labels, p_fake, threshold=ev.threshold, class_names=test.class_names, n_bootstrap=ev.n_bootstrap,
+        confidence=ev.confidence, seed=seed,
+    )  # fmt: skip
+    summary = {
+        "seed": seed,
+        "best_epoch": result.best_epoch,
+        "train_minutes": round(result.train_seconds / 60, 2),
+        "train_images": len(splits["train"].labels),
+        "val_images": len(splits["val"].labels),
+        "parameters": int(result.model.count_params()),
+        "test": {k: report[k] for k in ("n", "accuracy", "accuracy_ci", "roc_auc", "roc_auc_ci")},
+    }
+    return summary, [{"seed": seed, **row} for row in curve.rows]
+
+
+def earlier_runs(summary: Path, *, model: dict, replaced: list[int]) -> list[dict]:
+    """Runs of other seeds kept from an earlier invocation with the very same model settings (seeds can be run
+    one invocation at a time); a summary of other settings is refused rather than mixed in.
+    """
+    if not summary.exists():
+        return []
+    earlier = json.loads(summary.read_text())
+    if _training_settings(json.loads(json.dumps(model))) != _training_settings(earlier["model"]):
+        raise SystemExit(f"{summary}: holds runs of other models.fast settings; pass another --name")
+    return [run for run in earlier["runs"] if run["seed"] not in replaced]
+
+
+def _training_settings(model: dict) -> dict:
+    return {k: v for k, v in model.items() if k != "max_parameters"}  # a check on the network, not a setting
+
+
+def spread(values: list[float]) -> dict:
+    return {
+        "mean": round(statistics.fmean(values), 5),
+        "std": round(statistics.stdev(values), 5) if len(values) > 1 else None,
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    parser.add_argument("--epochs", type=int, help="override models.fast.epochs (the schedule spans them)")
+    parser.add_argument("--per-class", type=int, help="train+val images per class; default: all usable")
+    parser.add_argument("--output-dir", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--name", default="fast_detector", help="folder of the output files in --output-dir")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    params = load_params(args.params, sections=["base", "prepare", "train", "evaluate", "models.fast"])
+    spec = params.models["fast"]
+    if args.epochs:
+        spec = dataclasses.replace(spec, epochs=args.epochs)
+    command = " ".join([".venv/bin/python", "benchmarks/fast_detector.py", *sys.argv[1:]])
+    out = args.output_dir / args.name
+    runs = earlier_runs(out / "summary.json", model=dataclasses.asdict(spec), replaced=args.seeds)
+    raw = cifake.decode_entries(cifake.read_zip(args.archive), workers=1)  # no fork: TensorFlow is loaded
+    for seed in args.seeds:
+        summary, curve = run_seed(raw, params, spec, seed=seed, per_class=args.per_class)
+        runs.append(summary)
+        document = {
+            "command": command,
+            "machine": machine(),
+            "archive": args.archive.name,
+            "computed_on": f"test split of {args.archive.name} (all of it), flip TTA as saved in the model",
+            "model": dataclasses.asdict(spec),
+            "runs": runs,
+            "test_accuracy": spread([r["test"]["accuracy"] for r in runs]),
+            "test_roc_auc": spread([r["test"]["roc_auc"] for r in runs]),
+            "train_minutes": spread([r["train_minutes"] for r in runs]),
+        }
+        # rewritten after every seed, so a long run that is stopped keeps what it finished
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(document, indent=1) + "\n")
+        with open(out / f"curve_seed{seed}.csv", "w", newline="") as fh:  # one file per seed: one line per seed
+            writer = csv.DictWriter(fh, fieldnames=list(curve[0]))
+            writer.writeheader()
+            writer.writerows(curve)
+    print(json.dumps(document, indent=1))
+
+
+if __name__ == "__main__":
+    main()
