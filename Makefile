@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test test-slow lint format bench clean-state
+.PHONY: repro test test-slow lint format bench bench-fast clean-state
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ bench: $(VENV)/.installed  # the README's Benchmarks section, on ../shared/data/
 	$(BIN)/python benchmarks/decode_and_noop.py
 	$(BIN)/python benchmarks/train_throughput.py --models cnn --repeats 2
 	bash benchmarks/train_stage_memory.sh
+
+bench-fast: $(VENV)/.installed  # the fast detector on the large archive, 3 seeds: about 90 minutes on 2 cores
+	$(BIN)/python benchmarks/fast_detector.py --seeds 42 1 2
 
 clean-state:  # forget interrupted-training state and download caches
 	rm -rf .cache

@@ -82,7 +82,7 @@ def test_flip_tta_equals_averaging_predictions_on_mirrored_copies_by_hand(tmp_pa
 def test_flip_tta_layers_are_identity_while_training():
     with_tta = fast(flip_tta=True)
     x = pixels(4)
-    features = keras.Model(with_tta.inputs, with_tta.get_layer("relu3_2").output)
+    features = keras.Model(with_tta.inputs[0], with_tta.get_layer("relu3_2").output)
     assert features(x, training=True).shape[0] == 4
     assert features(x, training=False).shape[0] == 8  # inference appends the mirrored images
 

@@ -155,8 +155,9 @@ def learning_rate_schedule(
     name: str, *, learning_rate: float, warmup_epochs: float, epochs: int, steps_per_epoch: int
 ) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """The learning rate per optimizer step. Schedule "constant": `learning_rate`; "warmup_cosine": a linear rise
-    from 0 to `learning_rate` over `warmup_epochs`, then a cosine decay to 0 at the end of the last epoch. Steps count optimizer updates, so a
-    resumed run continues the schedule where it stopped (the iteration count is saved with the weights).
+    from 0 to `learning_rate` over `warmup_epochs`, then a cosine decay to 0 at the end of the last epoch.
+    Steps count optimizer updates, so a resumed run continues the schedule where it stopped (the iteration
+    count is saved with the weights).
     """
     if name not in SCHEDULES:
         raise ValueError(f"unknown learning-rate schedule {name!r}; allowed: {', '.join(SCHEDULES)}")

@@ -1,0 +1,89 @@
+"""Benchmark: training images/s of candidate networks on this CPU, with and without XLA (design aid for `fast`).
+
+    .venv/bin/python benchmarks/model_speed.py [--variants cnn fast vgg288 ...] [--batch 256] [--jit 0 1]
+
+Each variant trains one epoch of 20,000 random uint8 images (speed does not depend on the pixels) through
+`training.make_dataset`, after 5 untimed steps; images/s counts steps 5..end. Every (variant, jit) pair runs in a
+fresh process so no compiled function or thread pool carries over. Prints one JSON line per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> factory settings; "cnn" is the seed's baseline, the rest are `build_fast` widths
+FAST_VARIANTS = {
+    "fast": {"stage_filters": (32, 64, 128), "convs_per_stage": 1},  # params.yaml's choice
+    "vgg288": {"stage_filters": (32, 64, 128), "convs_per_stage": 2},  # the issue's 288k-parameter reference
+    "vgg_16_64_128x2": {"stage_filters": (16, 64, 128), "convs_per_stage": 2},
+    "vgg_24_48_96x2": {"stage_filters": (24, 48, 96), "convs_per_stage": 2},
+    "vgg4stage": {"stage_filters": (32, 64, 128, 256), "convs_per_stage": 1},
+}
+
+
+def measure(variant: str, *, jit: bool, batch: int, images: int = 20000, warmup: int = 5) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.path.insert(0, str(REPO / "src"))
+    import keras
+    import numpy as np
+
+    from realfake import models, training
+
+    training.seed_everything(0)
+    if variant == "cnn":
+        model = models.build_cnn(input_shape=(32, 32, 3), conv_filters=(32, 64), kernel_size=3, pool_size=2,
+                                 dense_units=64)  # fmt: skip
+    else:
+        model = models.build_fast(input_shape=(32, 32, 3), dropout=0.1, flip_tta=False, seed=0,
+                                  **FAST_VARIANTS[variant])  # fmt: skip
+    training.compile_classifier(model, optimizer=keras.optimizers.Adam(), jit_compile=jit, run_eagerly=False,
+                                label_smoothing=0.0)  # fmt: skip
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 2, images)
+    ends: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_end(self, step, logs=None):
+            float(logs["loss"])  # waits for the step
+            ends.append(time.perf_counter())
+
+    dataset = training.make_dataset(x, y, batch_size=batch, shuffle=True, seed=0, augment=())
+    model.fit(dataset, epochs=1, verbose=0, callbacks=[Timer()])
+    timed = len(ends) - warmup
+    return {
+        "variant": variant,
+        "jit_compile": jit,
+        "batch": batch,
+        "parameters": int(model.count_params()),
+        "images_per_s": round(timed * batch / (ends[-1] - ends[warmup - 1])),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=["cnn", *FAST_VARIANTS])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--jit", type=int, nargs="+", default=[0, 1], choices=[0, 1])
+    parser.add_argument("--one", nargs=2, metavar=("VARIANT", "JIT"), help=argparse.SUPPRESS)  # child mode
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one[0], jit=bool(int(args.one[1])), batch=args.batch)))
+        return
+    for variant in args.variants:
+        for jit in args.jit:
+            child = [sys.executable, __file__, "--batch", str(args.batch), "--one", variant, str(jit)]
+            out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+            print(out.strip().splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()
