@@ -29,7 +29,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -52,36 +51,30 @@ DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifake-large.zip"
 
 
 class TestCurve(keras.callbacks.Callback):
-    """After each epoch: cumulative training seconds, val accuracy and the test split's accuracy and AUC."""
+    """After each epoch: the test split's accuracy and AUC (joined to the fit's own history afterwards)."""
 
     def __init__(self, test: Split, *, batch_size: int, threshold: float):
         super().__init__()
         self.test, self.batch_size, self.threshold = test, batch_size, threshold
-        self.rows: list[dict] = []
-        self.train_seconds = 0.0
-        self._t0 = 0.0
-        self._t_train: float | None = None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._t0, self._t_train = time.perf_counter(), None
-
-    def on_test_begin(self, logs=None):
-        if self._t_train is None:  # the epoch's training steps are done when validation starts
-            self._t_train = time.perf_counter() - self._t0
+        self.scores: dict[int, dict] = {}  # epoch -> test scores
 
     def on_epoch_end(self, epoch, logs=None):
-        self.train_seconds += self._t_train or (time.perf_counter() - self._t0)
         p_fake = evaluation.p_fake(evaluation.predict_proba(self.model, self.test.images, batch_size=self.batch_size))
         predicted = evaluation.binary_predictions(p_fake, threshold=self.threshold)
-        row = {
-            "epoch": epoch + 1,
-            "train_minutes": round(self.train_seconds / 60, 3),
-            "val_accuracy": round(float(logs["val_accuracy"]), 5),
+        self.scores[epoch + 1] = {
             "test_accuracy": round(float((predicted == self.test.labels).mean()), 5),
             "test_roc_auc": round(float(roc_auc_score(self.test.labels == 1, p_fake)), 6),
         }
-        self.rows.append(row)
-        log.info("curve: %s", row)
+        log.info("epoch %d on test: %s", epoch + 1, self.scores[epoch + 1])
+
+    def rows(self, history: dict[str, list]) -> list[dict]:
+        """One row per epoch: cumulative training minutes and val accuracy (the fit's history), test scores."""
+        return [
+            {"epoch": epoch, "train_minutes": minutes, "val_accuracy": round(float(val), 5), **self.scores[epoch]}
+            for epoch, minutes, val in zip(
+                history["epoch"], history["train_minutes"], history["val_accuracy"], strict=True
+            )
+        ]
 
 
 def load_splits(raw, *, per_class: int | None, val_fraction: float, seed: int) -> dict[str, Split]:
@@ -119,7 +112,7 @@ def run_seed(raw, params, spec, *, seed: int, per_class: int | None) -> tuple[di
         "parameters": int(result.model.count_params()),
         "test": {k: report[k] for k in ("n", "accuracy", "accuracy_ci", "roc_auc", "roc_auc_ci")},
     }
-    return summary, [{"seed": seed, **row} for row in curve.rows]
+    return summary, [{"seed": seed, **row} for row in curve.rows(result.history)]
 
 
 def earlier_runs(summary: Path, *, model: dict, replaced: list[int]) -> list[dict]:

@@ -157,16 +157,19 @@ def log_metrics(metrics: Mapping[str, Any], *, step: int | None = None, prefix: 
     """Log every numeric leaf of a nested dict, keys joined with '.' (MLflow keys allow dots and slashes)."""
     import mlflow
 
-    numeric = {f"{prefix}{k}".replace(" ", "_"): v for k, v in _numeric_leaves(metrics).items()}
+    numeric = _metric_values(metrics, prefix)
     if numeric:
         _with_retries(lambda: mlflow.log_metrics(numeric, step=step))
 
 
-def _numeric_leaves(metrics: Mapping[str, Any]) -> dict[str, float]:
+def _metric_values(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Every numeric leaf of a nested dict as an MLflow metric: keys joined with '.', spaces made '_'."""
     from realfake.params import flatten
 
     return {
-        k: float(v) for k, v in flatten(dict(metrics)).items() if isinstance(v, int | float) and not isinstance(v, bool)
+        f"{prefix}{k}".replace(" ", "_"): float(v)
+        for k, v in flatten(dict(metrics)).items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
     }
 
 
@@ -219,7 +222,7 @@ def log_registered_model(
             registered_model_name=registered_name,
         )
     )
-    numeric = {k.replace(" ", "_"): v for k, v in _numeric_leaves(metrics).items()}
+    numeric = _metric_values(metrics)
     if numeric:
         _with_retries(lambda: mlflow.log_metrics(numeric, model_id=info.model_id))
     return info
