@@ -1,13 +1,13 @@
 """Benchmark: realfake's `fast` detector on a CPU budget: test accuracy against cumulative training time.
 
-    .venv/bin/python benchmarks/fast_detector.py [--seeds 42 1 2] [--epochs N] [--per-class N]
+    .venv/bin/python benchmarks/fast_detector.py [--seeds 42 1 2] [--epochs N] [--batch-size N] [--per-class N]
         [--archive ../shared/data/cifake-large.zip] [--output-dir benchmarks/results]
 
-Trains models.fast from params.yaml (`--epochs` overrides its epochs; the schedule is laid out over them) with
-the library's own code path (`classifiers.train_classifier`, tf.data from uint8 arrays, resumable fit), once
-per seed, on the archive's train images (all of them by default; duplicates and copies of test images dropped
-as the prepare stage does; a validation split of `prepare.val_fraction` carved off; no stored augmented copies:
-the model flips on the fly). The validation split picks the best epoch, as in the pipeline.
+Trains models.fast from params.yaml (`--epochs` overrides its epochs, the schedule laid out over them; `--batch-size`
+its batch size) with the library's own code path (`classifiers.train_classifier`, tf.data from uint8 arrays,
+resumable fit), once per seed, on the archive's train images (all of them by default; duplicates and copies of
+test images dropped as the prepare stage does; a validation split of `prepare.val_fraction` carved off; no stored
+augmented copies: the model flips on the fly). The validation split picks the best epoch, as in the pipeline.
 
 Reporting only, never selection: after every epoch the model (flip TTA included) scores the archive's whole test
 split; those scores go to the accuracy-vs-time curve and to nothing else. Training time is the sum of the epochs'
@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--epochs", type=int, help="override models.fast.epochs (the schedule spans them)")
+    parser.add_argument("--batch-size", type=int, help="override models.fast.batch_size")
     parser.add_argument("--per-class", type=int, help="train+val images per class; default: all usable")
     parser.add_argument("--output-dir", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="fast_detector", help="folder of the output files in --output-dir")
@@ -156,6 +157,8 @@ def main() -> None:
     spec = params.models["fast"]
     if args.epochs:
         spec = dataclasses.replace(spec, epochs=args.epochs)
+    if args.batch_size:
+        spec = dataclasses.replace(spec, batch_size=args.batch_size)
     command = " ".join([".venv/bin/python", "benchmarks/fast_detector.py", *sys.argv[1:]])
     out = args.output_dir / args.name
     runs = earlier_runs(out / "summary.json", model=dataclasses.asdict(spec), replaced=args.seeds)

@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, also inside `d
 import keras  # noqa: E402
 
 from realfake import stage, tracking  # noqa: E402
-from realfake.classifiers import check_split, train_classifier, train_summary  # noqa: E402
+from realfake.classifiers import check_split, save_model, train_classifier, train_summary  # noqa: E402
 from realfake.fileio import atomic_path, load_arrays, write_json  # noqa: E402
 from realfake.params import load_params  # noqa: E402
 from realfake.prepare import Split  # noqa: E402
@@ -41,11 +41,6 @@ def write_history(path: Path, history: dict) -> None:
         writer = csv.writer(fh)
         writer.writerow(keys)
         writer.writerows(zip(*(history[k] for k in keys), strict=True))
-
-
-def save_model(model: keras.Model, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        model.save(tmp)
 
 
 def train_and_save(paths, params, name: str, train: Split, val: Split, *, stage_name: str) -> dict:

@@ -27,9 +27,10 @@ def tiny_params(**overrides) -> dict:
         spec.update(epochs=1, batch_size=16, warmup_epochs=min(spec["warmup_epochs"], 0.5))
         if spec["architecture"] == "fast":
             spec.update(stage_filters=[4, 8], convs_per_stage=1)
-        if "weights" in spec:  # transfer models: eager steps cost ~1 s each whatever the batch, so few of them
-            spec.update(weights=None, batch_size=64)
+        if "weights" in spec:  # transfer models: an eager step costs seconds whatever the batch: one per epoch
+            spec.update(weights=None, batch_size=128)
     params["evaluate"].update(n_bootstrap=50, batch_size=64)
+    params["explain"].update(per_cell=2)  # Grad-CAM of 8 images per model, not 16
     params["dcgan"].update(noise_dim=8, dense_filters=8, g_filters=[8, 4], d_filters=[4, 8], epochs=1,
                            batch_size=16, sample_every=1, sample_grid=2)  # fmt: skip
     params["generate"].update(n_train=40, n_test=20, batch_size=16)

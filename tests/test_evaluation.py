@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
+from stage_helpers import checker_model
 
 from realfake import evaluation as ev
 from realfake.plots import heatmap_png
@@ -279,8 +280,13 @@ class RecordingModel:
     def __init__(self):
         self.batches = []
 
-    def predict_on_batch(self, batch):
-        self.batches.append((batch.dtype, len(batch)))
+    def predict_on_batch(self, batch):  # the traced path
+        self.batches.append(("traced", batch.dtype, len(batch)))
+        return batch.mean(axis=(1, 2, 3))[:, None] / 255.0
+
+    def __call__(self, batch, training):  # the eager path
+        assert training is False
+        self.batches.append(("eager", batch.dtype, len(batch)))
         return batch.mean(axis=(1, 2, 3))[:, None] / 255.0
 
 
@@ -288,9 +294,26 @@ def test_predict_proba_casts_batch_by_batch():
     images = np.stack([np.full((32, 32, 3), v, np.uint8) for v in (0, 51, 102, 153, 204)])
     model = RecordingModel()
     probs = ev.predict_proba(model, images, batch_size=2)
-    assert model.batches == [(np.float32, 2), (np.float32, 2), (np.float32, 1)]
+    assert model.batches == [("traced", np.float32, 2), ("traced", np.float32, 2), ("traced", np.float32, 1)]
     assert probs == pytest.approx(np.array([[1.0, 0.0], [0.8, 0.2], [0.6, 0.4], [0.4, 0.6], [0.2, 0.8]]))
     assert ev.predict_proba(model, images[:0], batch_size=2).shape == (0, 2)
+
+
+def test_predict_proba_scores_a_single_batch_eagerly():
+    """Tracing a predict graph costs seconds for the big models and pays off only over several batches."""
+    images = np.stack([np.full((32, 32, 3), v, np.uint8) for v in (0, 51, 102)])
+    model = RecordingModel()
+    probs = ev.predict_proba(model, images, batch_size=3)
+    assert model.batches == [("eager", np.float32, 3)]
+    assert probs == pytest.approx(np.array([[1.0, 0.0], [0.8, 0.2], [0.6, 0.4]]))
+
+
+def test_predict_proba_eager_and_traced_paths_agree_on_a_keras_model():
+    model = checker_model()
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    eager = ev.predict_proba(model, images, batch_size=6)
+    traced = ev.predict_proba(model, images, batch_size=4)
+    assert eager == pytest.approx(traced, abs=1e-6)
 
 
 def test_predict_proba_rejects_scaled_images():

@@ -7,7 +7,10 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 
+import h5py
+import keras
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -19,7 +22,7 @@ import train as train_stage  # noqa: E402
 import train_3class as train_3class_stage  # noqa: E402
 
 from realfake import training  # noqa: E402
-from realfake.classifiers import build_classifier, load_model  # noqa: E402
+from realfake.classifiers import build_classifier, load_model, save_model  # noqa: E402
 from realfake.errors import DataError, ParamsError, WeightsUnavailableError  # noqa: E402
 from realfake.params import load_params  # noqa: E402
 from realfake.paths import ProjectPaths  # noqa: E402
@@ -75,6 +78,24 @@ def test_fast_model_trains_through_the_stage(tmp_path, mlflow_uri):
     assert summary["epochs_run"] == 1 and summary["train_images"] == 64
     model = load_model(tmp_path / "models/fast.keras", rebuild_with="x")
     assert [type(layer).__name__ for layer in (model.layers[0], model.layers[-1])] == ["FlipTTAStack", "FlipTTAMean"]
+
+
+def test_saved_model_is_an_inference_artifact_without_optimizer_state(tmp_path):
+    params = load_params(write_params(tmp_path, tiny_params()).params)
+    model = build_classifier("cnn", params.models["cnn"], input_shape=(32, 32, 3), num_classes=2, seed=0)
+    training.compile_classifier(model, optimizer=keras.optimizers.Adam(), jit_compile=False, run_eagerly=False,
+                                label_smoothing=0.0)  # fmt: skip
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype(np.float32)
+    model.fit(images, np.arange(8) % 2, epochs=1, verbose=0)  # creates the optimizer's slot variables
+    optimizer = model.optimizer
+    save_model(model, tmp_path / "cnn.keras")
+    assert model.optimizer is optimizer and model.compiled  # the caller's model is left as it was
+    with zipfile.ZipFile(tmp_path / "cnn.keras") as archive, archive.open("model.weights.h5") as fh:
+        assert "optimizer" not in h5py.File(fh)  # only the layers' variables
+    assert not json.loads(zipfile.ZipFile(tmp_path / "cnn.keras").read("config.json"))["compile_config"]
+    loaded = keras.models.load_model(tmp_path / "cnn.keras")  # compile=True too: nothing to compile, no warning
+    assert not loaded.compiled
+    np.testing.assert_allclose(loaded.predict_on_batch(images), model.predict_on_batch(images), rtol=1e-6)
 
 
 def test_train_then_evaluate_write_every_declared_output(tmp_path, mlflow_uri):
