@@ -16,8 +16,8 @@ $(VENV)/.installed: pyproject.toml
 repro: $(VENV)/.installed
 	$(BIN)/dvc repro
 
-test: $(VENV)/.installed  # one worker per core: the long end-to-end test runs beside the others
-	$(BIN)/python -m pytest -n auto --dist loadfile
+test: $(VENV)/.installed  # one worker per core; the long end-to-end test first, the idle worker steals the rest
+	$(BIN)/python -m pytest -n auto --dist worksteal
 
 test-slow: $(VENV)/.installed
 	$(BIN)/python -m pytest -m slow
