@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,8 +32,10 @@ FAST_VARIANTS = {
 def measure(variant: str, *, jit: bool, batch: int, images: int = 20000, warmup: int = 5) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, str(REPO / "src"))
+    sys.path.insert(0, str(REPO / "benchmarks"))
     import keras
     import numpy as np
+    from train_throughput import StepTimer
 
     from realfake import models, training
 
@@ -49,15 +51,10 @@ def measure(variant: str, *, jit: bool, batch: int, images: int = 20000, warmup:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 2, images)
-    ends: list[float] = []
-
-    class Timer(keras.callbacks.Callback):
-        def on_train_batch_end(self, step, logs=None):
-            float(logs["loss"])  # waits for the step
-            ends.append(time.perf_counter())
-
+    timer = StepTimer(math.ceil(images / batch))  # the whole epoch
     dataset = training.make_dataset(x, y, batch_size=batch, shuffle=True, seed=0, augment=())
-    model.fit(dataset, epochs=1, verbose=0, callbacks=[Timer()])
+    model.fit(dataset, epochs=1, verbose=0, callbacks=[timer])
+    ends = timer.ends
     timed = len(ends) - warmup
     return {
         "variant": variant,
