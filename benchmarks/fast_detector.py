@@ -1,13 +1,14 @@
 """Benchmark: realfake's `fast` detector on a CPU budget: test accuracy against cumulative training time.
 
     .venv/bin/python benchmarks/fast_detector.py [--seeds 42 1 2] [--epochs N] [--batch-size N] [--per-class N]
-        [--archive ../shared/data/cifake-large.zip] [--output-dir benchmarks/results]
+        [--set KEY=VALUE ...] [--archive ../shared/data/cifake-large.zip] [--output-dir benchmarks/results]
 
 Trains models.fast from params.yaml (`--epochs` overrides its epochs, the schedule laid out over them; `--batch-size`
-its batch size) with the library's own code path (`classifiers.train_classifier`, tf.data from uint8 arrays,
-resumable fit), once per seed, on the archive's train images (all of them by default; duplicates and copies of
-test images dropped as the prepare stage does; a validation split of `prepare.val_fraction` carved off; no stored
-augmented copies: the model flips on the fly). The validation split picks the best epoch, as in the pipeline.
+its batch size; `--set stage_filters=[48,96,192]` any other key of models.fast, the value read as YAML) with the
+library's own code path (`classifiers.train_classifier`, tf.data from uint8 arrays, resumable fit), once per seed,
+on the archive's train images (all of them by default; duplicates and copies of test images dropped as the prepare
+stage does; a validation split of `prepare.val_fraction` carved off; no stored augmented copies: the model flips
+on the fly). The validation split picks the best epoch, as in the pipeline.
 
 Reporting only, never selection: after every epoch the model (flip TTA included) scores the archive's whole test
 split; those scores go to the accuracy-vs-time curve and to nothing else. Training time is the sum of the epochs'
@@ -38,12 +39,13 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 import keras  # noqa: E402
+import yaml  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 from train_throughput import machine  # noqa: E402
 
 from realfake import cifake, evaluation  # noqa: E402
 from realfake.classifiers import train_classifier  # noqa: E402
-from realfake.params import load_params  # noqa: E402
+from realfake.params import FastParams, load_model_params, load_params  # noqa: E402
 from realfake.prepare import Split, prepare_splits, train_pool  # noqa: E402
 
 log = logging.getLogger("fast_detector")
@@ -115,6 +117,17 @@ def run_seed(raw, params, spec, *, seed: int, per_class: int | None) -> tuple[di
     return summary, [{"seed": seed, **row} for row in curve.rows(result.history)]
 
 
+def with_overrides(spec: FastParams, assignments: list[str]) -> FastParams:
+    """models.fast with KEY=VALUE assignments applied (values parsed as YAML), validated like params.yaml."""
+    raw = dataclasses.asdict(spec)
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or key not in raw:
+            raise SystemExit(f"--set {assignment}: expected KEY=VALUE with KEY one of {', '.join(raw)}")
+        raw[key] = yaml.safe_load(value)
+    return load_model_params(raw, "models.fast")
+
+
 def earlier_runs(summary: Path, *, model: dict, replaced: list[int]) -> list[dict]:
     """Runs of other seeds kept from an earlier invocation with the very same model settings (seeds can be run
     one invocation at a time); a summary of other settings is refused rather than mixed in.
@@ -128,6 +141,8 @@ def earlier_runs(summary: Path, *, model: dict, replaced: list[int]) -> list[dic
 
 
 def _training_settings(model: dict) -> dict:
+    # summaries written before models.fast had space_to_depth trained without it, i.e. with block size 1
+    model = {"space_to_depth": 1, **model}
     return {k: v for k, v in model.items() if k != "max_parameters"}  # a check on the network, not a setting
 
 
@@ -147,6 +162,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
     parser.add_argument("--epochs", type=int, help="override models.fast.epochs (the schedule spans them)")
     parser.add_argument("--batch-size", type=int, help="override models.fast.batch_size")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override a models.fast key (YAML)")
     parser.add_argument("--per-class", type=int, help="train+val images per class; default: all usable")
     parser.add_argument("--output-dir", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="fast_detector", help="folder of the output files in --output-dir")
@@ -154,7 +170,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     params = load_params(args.params, sections=["base", "prepare", "train", "evaluate", "models.fast"])
-    spec = params.models["fast"]
+    spec = with_overrides(params.models["fast"], args.set)
     if args.epochs:
         spec = dataclasses.replace(spec, epochs=args.epochs)
     if args.batch_size:

@@ -21,11 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 # name -> factory settings; "cnn" is the seed's baseline, the rest are `build_fast` widths
 FAST_VARIANTS = {
-    "fast": {"stage_filters": (32, 64, 128), "convs_per_stage": 1},  # params.yaml's choice
-    "vgg288": {"stage_filters": (32, 64, 128), "convs_per_stage": 2},  # the 288k-parameter reference
-    "vgg_16_64_128x2": {"stage_filters": (16, 64, 128), "convs_per_stage": 2},
-    "vgg_24_48_96x2": {"stage_filters": (24, 48, 96), "convs_per_stage": 2},
-    "vgg4stage": {"stage_filters": (32, 64, 128, 256), "convs_per_stage": 1},
+    "fast": {"stage_filters": (64, 128, 256), "convs_per_stage": 1, "space_to_depth": 2},  # params.yaml's choice
+    "s2d_48_96_192": {"stage_filters": (48, 96, 192), "convs_per_stage": 1, "space_to_depth": 2},  # 10-min schedule
+    "s2d_80_160_320": {"stage_filters": (80, 160, 320), "convs_per_stage": 1, "space_to_depth": 2},
+    "s2d_96_192_384": {"stage_filters": (96, 192, 384), "convs_per_stage": 1, "space_to_depth": 2},
+    "fullres_32_64_128": {"stage_filters": (32, 64, 128), "convs_per_stage": 1, "space_to_depth": 1},  # first design
+    "vgg288": {"stage_filters": (32, 64, 128), "convs_per_stage": 2, "space_to_depth": 1},  # the 288k VGG
+    "vgg_16_64_128x2": {"stage_filters": (16, 64, 128), "convs_per_stage": 2, "space_to_depth": 1},
+    "vgg_24_48_96x2": {"stage_filters": (24, 48, 96), "convs_per_stage": 2, "space_to_depth": 1},
+    "vgg4stage": {"stage_filters": (32, 64, 128, 256), "convs_per_stage": 1, "space_to_depth": 1},
 }
 
 

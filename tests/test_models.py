@@ -12,6 +12,7 @@ from realfake.errors import ParamsError, WeightsUnavailableError
 from realfake.models import (
     DCGAN,
     ResNetPreprocess,
+    SpaceToDepth,
     build_cnn,
     build_discriminator,
     build_efficientnet,
@@ -53,10 +54,11 @@ def no_network(monkeypatch, tmp_path) -> None:
 # ----------------------------------------------------------------------------- the fast detector
 
 
-def fast(flip_tta: bool) -> keras.Model:
+def fast(flip_tta: bool, space_to_depth: int = 1) -> keras.Model:
     return build_fast(
-        input_shape=SHAPE, stage_filters=(8, 16, 32), convs_per_stage=2, dropout=0.1, flip_tta=flip_tta, seed=0
-    )
+        input_shape=SHAPE, stage_filters=(8, 16, 32), convs_per_stage=2, space_to_depth=space_to_depth, dropout=0.1,
+        flip_tta=flip_tta, seed=0,
+    )  # fmt: skip
 
 
 def test_fast_keeps_full_resolution_first_and_has_one_sigmoid_output():
@@ -77,6 +79,29 @@ def test_flip_tta_equals_averaging_predictions_on_mirrored_copies_by_hand(tmp_pa
     assert not np.allclose(plain.predict(x, verbose=0), by_hand)  # the mirror really changes the scores
     loaded = assert_roundtrip(with_tta, tmp_path, x)  # safe mode: the layers are registered
     np.testing.assert_allclose(loaded.predict(x, verbose=0), by_hand, rtol=1e-5, atol=1e-6)
+
+
+def test_fast_with_space_to_depth_convolves_every_pixel_at_half_resolution(tmp_path):
+    model = fast(flip_tta=True, space_to_depth=2)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [(c.output.shape[1], c.filters) for c in convs] == [(16, 8), (16, 8), (8, 16), (8, 16), (4, 32), (4, 32)]
+    assert convs[0].kernel.shape == (3, 3, 12, 8)  # each position sees its 2x2 block's 12 pixel values
+    assert model.output_shape == (None, 1)
+    assert_roundtrip(model, tmp_path, pixels(3))  # the layer is registered: loads in safe mode
+
+
+def test_space_to_depth_is_tensorflows_lossless_rearrangement():
+    x = pixels(2)
+    moved = np.asarray(SpaceToDepth(2)(x))
+    np.testing.assert_array_equal(moved, tf.nn.space_to_depth(x, 2).numpy())
+    assert moved.shape == (2, 16, 16, 12)
+    np.testing.assert_array_equal(np.sort(moved.reshape(2, -1)), np.sort(x.reshape(2, -1)))  # every value kept
+    np.testing.assert_array_equal(moved[0, 0, 0], x[0, :2, :2].reshape(-1))  # block (0, 0): rows, columns, RGB
+
+
+def test_fast_refuses_a_block_size_that_does_not_divide_the_image():
+    with pytest.raises(ValueError, match="space_to_depth=3 must be a positive divisor of the 32x32 input"):
+        fast(flip_tta=False, space_to_depth=3)
 
 
 def test_flip_tta_layers_are_identity_while_training():

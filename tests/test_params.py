@@ -40,10 +40,14 @@ def test_repo_params_are_valid():
         (lambda p: p["base"].pop("seed"), r"base: missing key\(s\) base.seed"),
         (lambda p: p.pop("prepare"), r"missing section 'prepare'"),
         (lambda p: p["models"]["fast"].update(schedule="step"), r"models.fast.schedule: 'step' is not allowed"),
-        (lambda p: p["models"]["fast"].update(warmup_epochs=12), r"models.fast.warmup_epochs: must be in \[0, epochs"),
+        (
+            lambda p: p["models"]["fast"].update(warmup_epochs=p["models"]["fast"]["epochs"]),
+            r"models.fast.warmup_epochs: must be in \[0, epochs",
+        ),
         (lambda p: p["models"]["cnn"].update(weight_decay=-1), r"models.cnn.weight_decay: must be >= 0"),
         (lambda p: p["models"]["fast"].update(label_smoothing=1), r"models.fast.label_smoothing: must be in \[0, 1\)"),
         (lambda p: p["models"]["fast"].update(stage_filters=[]), r"models.fast.stage_filters: list at least one"),
+        (lambda p: p["models"]["fast"].update(space_to_depth=0), r"models.fast.space_to_depth: must be greater than 0"),
     ],
 )
 def test_bad_values_are_named(tmp_path, mutate, message):

@@ -61,6 +61,9 @@ def test_repo_fast_model_fits_its_parameter_budget(tmp_path):
         build_classifier("fast", small, input_shape=(32, 32, 3), num_classes=2, seed=0)
     with pytest.raises(ParamsError, match="models.fast.architecture: fast has one sigmoid output"):
         build_classifier("fast", spec, input_shape=(32, 32, 3), num_classes=3, seed=0)
+    odd_block = dataclasses.replace(spec, space_to_depth=3)
+    with pytest.raises(ParamsError, match="models.fast.space_to_depth: 3 does not divide the 32x32 images"):
+        build_classifier("fast", odd_block, input_shape=(32, 32, 3), num_classes=2, seed=0)
 
 
 def test_cnn_cannot_have_three_classes(tmp_path):

@@ -48,9 +48,14 @@ def build_classifier(
     if isinstance(spec, FastParams):
         if num_classes != 2:
             raise ParamsError(f"{key}.architecture: fast has one sigmoid output (binary); use efficientnet or resnet50")
+        if input_shape[0] % spec.space_to_depth or input_shape[1] % spec.space_to_depth:
+            raise ParamsError(
+                f"{key}.space_to_depth: {spec.space_to_depth} does not divide the {input_shape[0]}x{input_shape[1]} "
+                "images; use a divisor of the image size (1 turns it off)"
+            )
         model = models.build_fast(
             input_shape=input_shape, stage_filters=spec.stage_filters, convs_per_stage=spec.convs_per_stage,
-            dropout=spec.dropout, flip_tta=spec.flip_tta, seed=seed,
+            space_to_depth=spec.space_to_depth, dropout=spec.dropout, flip_tta=spec.flip_tta, seed=seed,
         )  # fmt: skip
         if model.count_params() > spec.max_parameters:
             raise ParamsError(

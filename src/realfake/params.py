@@ -223,6 +223,7 @@ class FastParams(_Fit):
     architecture: Literal["fast"]
     stage_filters: tuple[int, ...]  # conv width per resolution stage (32, 16, 8, ... px)
     convs_per_stage: int
+    space_to_depth: int  # block size moved into channels before the first conv; 1 = none
     dropout: float
     flip_tta: bool
     max_parameters: int  # the factory refuses a network larger than this budget
@@ -230,7 +231,10 @@ class FastParams(_Fit):
     def validate(self, key: str) -> None:
         super().validate(key)
         require_fraction(key, dropout=self.dropout)
-        require_positive(key, convs_per_stage=self.convs_per_stage, max_parameters=self.max_parameters)
+        require_positive(
+            key, convs_per_stage=self.convs_per_stage, space_to_depth=self.space_to_depth,
+            max_parameters=self.max_parameters,
+        )  # fmt: skip
         if not self.stage_filters or min(self.stage_filters) <= 0:
             raise ParamsError(f"{key}.stage_filters: list at least one positive width, got {list(self.stage_filters)}")
 

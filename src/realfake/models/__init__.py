@@ -9,7 +9,7 @@ from realfake.models.dcgan import (
     generated_to_uint8,
 )
 from realfake.models.fast import build_fast
-from realfake.models.layers import FlipTTAMean, FlipTTAStack, ResNetPreprocess
+from realfake.models.layers import FlipTTAMean, FlipTTAStack, ResNetPreprocess, SpaceToDepth
 from realfake.models.transfer import build_efficientnet, build_resnet50, fetch_weights, keras_models_dir
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "FlipTTAMean",
     "FlipTTAStack",
     "ResNetPreprocess",
+    "SpaceToDepth",
     "build_cnn",
     "build_discriminator",
     "build_efficientnet",

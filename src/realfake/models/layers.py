@@ -53,3 +53,32 @@ class FlipTTAMean(InferenceOnly):
             return inputs
         original, mirrored = ops.split(inputs, 2, axis=0)
         return (original + mirrored) / 2
+
+
+@keras.saving.register_keras_serializable(package="realfake")
+class SpaceToDepth(keras.layers.Layer):
+    """Move each `block_size` x `block_size` patch of pixels into the channels: (H, W, C) -> (H/b, W/b, b*b*C).
+
+    Lossless (a pure rearrangement, every pixel value kept), unlike pooling, resizing or a strided convolution that
+    can skip pixels; a 3x3 convolution after it sees a (3b x 3b)-pixel window at 1/b^2 of the positions.
+    Channel order within a block is TensorFlow's `space_to_depth`: row, then column, then channel.
+    """
+
+    def __init__(self, block_size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.block_size = block_size
+
+    def call(self, inputs):
+        b = self.block_size
+        _, height, width, channels = inputs.shape
+        blocks = ops.reshape(inputs, (-1, height // b, b, width // b, b, channels))
+        blocks = ops.transpose(blocks, (0, 1, 3, 2, 4, 5))
+        return ops.reshape(blocks, (-1, height // b, width // b, b * b * channels))
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        b = self.block_size
+        return (batch, height // b, width // b, b * b * channels)
+
+    def get_config(self):
+        return {**super().get_config(), "block_size": self.block_size}
