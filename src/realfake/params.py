@@ -221,7 +221,7 @@ class ResNetParams(_Fit):
 @dataclasses.dataclass(frozen=True)
 class FastParams(_Fit):
     architecture: Literal["fast"]
-    stage_filters: tuple[int, ...]  # conv width per resolution stage (32, 16, 8, ... px)
+    stage_filters: tuple[int, ...]  # conv width per resolution stage (32, 16, 8, ... px, divided by space_to_depth)
     convs_per_stage: int
     space_to_depth: int  # block size moved into channels before the first conv; 1 = none
     dropout: float
