@@ -21,15 +21,17 @@ N_TRAIN = 128  # 4 batches per epoch
 FINGERPRINT = "resume-test"
 
 
-def datasets():
-    """(train_ds, val_ds) from fixed random images; labels: brighter than average = 1."""
+def datasets(pipeline: str = "tf.data"):
+    """(train_ds, val_ds) from fixed random images; labels: brighter than average = 1.
+
+    `pipeline` "numpy" gives `training.ArrayBatches`, what the stages use under Keras' other backends.
+    """
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (N_TRAIN + 64, 32, 32, 3), dtype=np.uint8)
     labels = (images.mean(axis=(1, 2, 3)) > 127.5).astype(np.int64)
-    train = training.make_dataset(
-        images[:N_TRAIN], labels[:N_TRAIN], batch_size=BATCH, shuffle=True, seed=0, augment=("hflip",)
-    )
-    val = training.make_dataset(images[N_TRAIN:], labels[N_TRAIN:], batch_size=BATCH, shuffle=False, seed=0, augment=())
+    make = training.ArrayBatches if pipeline == "numpy" else training.make_dataset
+    train = make(images[:N_TRAIN], labels[:N_TRAIN], batch_size=BATCH, shuffle=True, seed=0, augment=("hflip",))
+    val = make(images[N_TRAIN:], labels[N_TRAIN:], batch_size=BATCH, shuffle=False, seed=0, augment=())
     return train, val
 
 

@@ -26,8 +26,22 @@ def dihedral(image: np.ndarray) -> list[np.ndarray]:
     return [np.rot90(base, k) for base in (image, image[:, ::-1]) for k in range(4)]
 
 
-def epoch_batches(ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in ds), strict=True)
+# tf.data under Keras' TensorFlow backend; ArrayBatches (NumPy) under the others, tested here under TensorFlow
+PIPELINES = ("tf.data", "numpy")
+
+
+def pipeline(kind: str, images: np.ndarray, labels: np.ndarray, **settings) -> tf.data.Dataset | training.ArrayBatches:
+    make = training.ArrayBatches if kind == "numpy" else training.make_dataset
+    return make(images, labels, **settings)
+
+
+def epoch_batches(ds: tf.data.Dataset | training.ArrayBatches) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(ds, training.ArrayBatches):
+        ds.on_epoch_begin()  # as Keras' fit does at every epoch's start
+        batches = [ds[i] for i in range(len(ds))]
+    else:
+        batches = [(x.numpy(), y.numpy()) for x, y in ds]
+    xs, ys = zip(*batches, strict=True)
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -59,10 +73,13 @@ class CountBatches(keras.callbacks.Callback):
 # ----------------------------------------------------------------------------- make_dataset
 
 
-def test_dataset_yields_float_batches_covering_every_image_once(images):
-    ds = training.make_dataset(images, np.arange(100), batch_size=32, shuffle=True, seed=1, augment=("hflip", "rot90"))
-    assert ds.element_spec[0].dtype == tf.float32 and ds.element_spec[1].dtype == tf.int32
-    shapes = [(x.shape, y.shape) for x, y in ds]
+@pytest.mark.parametrize("kind", PIPELINES)
+def test_dataset_yields_float_batches_covering_every_image_once(images, kind):
+    ds = pipeline(kind, images, np.arange(100), batch_size=32, shuffle=True, seed=1, augment=("hflip", "rot90"))
+    batches = list(ds) if kind == "tf.data" else [ds[i] for i in range(len(ds))]
+    dtypes = {(keras.backend.standardize_dtype(x.dtype), keras.backend.standardize_dtype(y.dtype)) for x, y in batches}
+    assert dtypes == {("float32", "int32")}
+    shapes = [(tuple(x.shape), tuple(y.shape)) for x, y in batches]
     assert shapes == [((32, 32, 32, 3), (32,))] * 3 + [((4, 32, 32, 3), (4,))]
     for _ in range(2):
         x, y = epoch_batches(ds)
@@ -70,10 +87,16 @@ def test_dataset_yields_float_batches_covering_every_image_once(images):
         assert x.min() >= 0 and x.max() <= 255 and np.array_equal(x, np.round(x))
 
 
-def test_shuffle_changes_every_epoch_and_repeats_for_the_same_seed(images):
+def test_make_dataset_is_tf_data_under_the_tensorflow_backend(images):
+    assert isinstance(training.make_dataset(images, np.arange(100), batch_size=8, shuffle=False, seed=0, augment=()),
+                      tf.data.Dataset)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", PIPELINES)
+def test_shuffle_changes_every_epoch_and_repeats_for_the_same_seed(images, kind):
     def orders(seed: int) -> list[list[int]]:
         training.seed_everything(0)
-        ds = training.make_dataset(images, np.arange(100), batch_size=16, shuffle=True, seed=seed, augment=())
+        ds = pipeline(kind, images, np.arange(100), batch_size=16, shuffle=True, seed=seed, augment=())
         return [epoch_batches(ds)[1].tolist() for _ in range(2)]
 
     first, again, other = orders(1), orders(1), orders(2)
@@ -82,19 +105,21 @@ def test_shuffle_changes_every_epoch_and_repeats_for_the_same_seed(images):
     assert first[0] != other[0]
 
 
-def test_eval_dataset_keeps_order_and_pixels(images):
-    ds = training.make_dataset(images, np.arange(100), batch_size=30, shuffle=False, seed=0, augment=())
+@pytest.mark.parametrize("kind", PIPELINES)
+def test_eval_dataset_keeps_order_and_pixels(images, kind):
+    ds = pipeline(kind, images, np.arange(100), batch_size=30, shuffle=False, seed=0, augment=())
     x, y = epoch_batches(ds)
     assert y.tolist() == list(range(100))
     np.testing.assert_array_equal(x, images.astype(np.float32))
 
 
+@pytest.mark.parametrize("kind", PIPELINES)
 @pytest.mark.parametrize(
     ("augment", "allowed"),
     [(("hflip",), {0, 4}), (("rot90",), {0, 1, 2, 3}), (("hflip", "rot90"), set(range(8)))],
 )
-def test_augmentation_only_flips_and_rotates(images, augment, allowed):
-    ds = training.make_dataset(images, np.arange(100), batch_size=25, shuffle=True, seed=3, augment=augment)
+def test_augmentation_only_flips_and_rotates(images, augment, allowed, kind):
+    ds = pipeline(kind, images, np.arange(100), batch_size=25, shuffle=True, seed=3, augment=augment)
     seen = set()
     for _ in range(2):
         x, y = epoch_batches(ds)
@@ -105,9 +130,20 @@ def test_augmentation_only_flips_and_rotates(images, augment, allowed):
     assert seen == allowed
 
 
-def test_unknown_augmentation_is_named(images):
+@pytest.mark.parametrize("kind", PIPELINES)
+def test_unknown_augmentation_is_named(images, kind):
     with pytest.raises(ValueError, match="'zoom'.*hflip"):
-        training.make_dataset(images, np.arange(100), batch_size=8, shuffle=False, seed=0, augment=("zoom",))
+        pipeline(kind, images, np.arange(100), batch_size=8, shuffle=False, seed=0, augment=("zoom",))
+
+
+def test_numpy_batches_are_a_function_of_epoch_and_index(images):
+    # Keras may fetch a batch out of order (or twice): the same (epoch, index) must give the same pixels.
+    ds = training.ArrayBatches(images, np.arange(100), batch_size=10, shuffle=True, seed=5, augment=("hflip",))
+    ds.on_epoch_begin()
+    first = [ds[i] for i in (3, 0, 3)]
+    np.testing.assert_array_equal(first[0][0], first[2][0])
+    with pytest.raises(IndexError):
+        ds[len(ds)]
 
 
 def test_pipeline_holds_no_float32_copy_of_the_data():
@@ -225,8 +261,9 @@ def fit(
     fingerprint: str = "fp",
     monitor: str = "val_loss",
     mode: str = "min",
+    kind: str = "tf.data",
 ) -> training.FitResult:
-    train, val = resume_worker.datasets()
+    train, val = resume_worker.datasets(kind)
     model = resume_worker.compiled_model(learning_rate=learning_rate)
     return training.fit_classifier(
         model,
@@ -242,16 +279,17 @@ def fit(
     )
 
 
-def test_fit_returns_the_best_validation_epoch_and_reuses_a_finished_state(tmp_path, caplog):
+@pytest.mark.parametrize("kind", PIPELINES)
+def test_fit_returns_the_best_validation_epoch_and_reuses_a_finished_state(tmp_path, caplog, kind):
     # Selecting the HIGHEST val_loss makes the best epoch an early one (the loss falls while training), so the
     # check below can tell the best epoch's weights from the last epoch's.
-    result = fit(tmp_path, epochs=4, learning_rate=0.05, mode="max")
+    result = fit(tmp_path, epochs=4, learning_rate=0.05, mode="max", kind=kind)
     val_loss = result.history["val_loss"]
     assert result.history["epoch"] == [1, 2, 3, 4] and result.epochs_run == 4
     assert result.best_epoch == 1 + int(np.argmax(val_loss)) < 4
     assert result.best_metrics["val_loss"] == val_loss[result.best_epoch - 1]
     assert not result.stopped_early and result.resumed_epochs == 0
-    _, val = resume_worker.datasets()
+    _, val = resume_worker.datasets(kind)
     evaluated = result.model.evaluate(val, return_dict=True, verbose=0)["loss"]
     assert evaluated == pytest.approx(max(val_loss), rel=1e-5) and evaluated != pytest.approx(val_loss[-1])
     speeds = np.array(result.history["train_images_per_s"])
@@ -262,11 +300,11 @@ def test_fit_returns_the_best_validation_epoch_and_reuses_a_finished_state(tmp_p
     assert not (tmp_path / training.BACKUP).exists()
 
     again_counter = CountBatches()
-    again = fit(tmp_path, epochs=4, learning_rate=0.05, mode="max", callbacks=[again_counter])
+    again = fit(tmp_path, epochs=4, learning_rate=0.05, mode="max", callbacks=[again_counter], kind=kind)
     assert again_counter.batches == 0 and again.history == result.history and again.resumed_epochs == 4
 
     with caplog.at_level(logging.WARNING, logger="realfake.training"):
-        fresh = fit(tmp_path, epochs=1, learning_rate=0.05, fingerprint="other params")
+        fresh = fit(tmp_path, epochs=1, learning_rate=0.05, fingerprint="other params", kind=kind)
     assert "starting over" in caplog.text and fresh.history["epoch"] == [1]
 
 
@@ -356,3 +394,51 @@ def test_a_kill_while_the_backup_is_written_resumes_from_the_last_committed_epoc
     assert counter.start_iterations == committed * resume_worker.N_TRAIN // resume_worker.BATCH
     assert result.history["epoch"] == [1, 2, 3] and result.resumed_epochs == committed
     assert not (tmp_path / training.BACKUP).exists()  # deleted once the fit completed
+
+
+# ----------------------------------------------------------------------------- other Keras backends
+
+JAX_TRAINING = """
+import sys
+import numpy as np
+from realfake import classifiers, training
+from realfake.params import FastParams, TrainParams
+from realfake.prepare import Split
+
+rng = np.random.default_rng(0)
+images = rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8)
+labels = (images.mean(axis=(1, 2, 3)) > 127.5).astype(np.int64)
+names = ("REAL", "FAKE")
+spec = FastParams(architecture="fast", epochs=2, batch_size=16, optimizer="adamw", learning_rate=0.003,
+                  schedule="warmup_cosine", warmup_epochs=0.5, weight_decay=0.05, label_smoothing=0.1,
+                  augment=("hflip",), space_to_depth=2, stage_filters=(8, 16), convs_per_stage=1, dropout=0.1,
+                  flip_tta=True,
+                  max_parameters=100000)
+train_params = TrainParams(strategy="auto", monitor="val_accuracy", monitor_mode="max",
+                           early_stopping_patience=None, jit_compile="auto", run_eagerly=False)
+result, _ = classifiers.train_classifier(
+    "fast", spec, train_params, Split(images[:64], labels[:64], names), Split(images[64:], labels[64:], names),
+    seed=1, state_root=sys.argv[1])
+assert result.epochs_run == 2 and result.model.jit_compile is True, result
+assert all(seconds > 0 for seconds in result.history["train_seconds"])
+try:
+    training.distribution_strategy("mirrored")
+except ValueError as exc:
+    assert "TensorFlow backend" in str(exc)
+else:
+    raise AssertionError("mirrored was accepted under JAX")
+assert "tensorflow" not in sys.modules, "TensorFlow was imported"
+print("trained under", __import__("keras").backend.backend())
+"""
+
+
+def test_classifiers_train_under_keras_jax_backend_without_tensorflow(tmp_path):
+    # The lent GPU machines have JAX and no TensorFlow (benchmarks/gpu_run.sh); the project's environment has no
+    # JAX, so this runs only where it is installed.
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    done = subprocess.run(
+        [sys.executable, "-c", JAX_TRAINING, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trained under jax" in done.stdout

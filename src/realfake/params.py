@@ -151,11 +151,13 @@ class TrainParams:
     monitor: str
     monitor_mode: Literal["max", "min"]
     early_stopping_patience: int | None
-    jit_compile: bool
+    jit_compile: Literal["auto", True, False]
     run_eagerly: bool
 
     def validate(self, key: str) -> None:
         require_positive(key, early_stopping_patience=self.early_stopping_patience)
+        if not isinstance(self.jit_compile, bool) and self.jit_compile != "auto":  # Literal lets 0 and 1 pass
+            raise ParamsError(f"{key}.jit_compile: {self.jit_compile!r} is not allowed; use auto, true or false")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 Follows the original notebook's architecture (the TensorFlow DCGAN tutorial) and keras-io's GAN example:
 a `keras.Model` subclass with its own `compile` and `train_step`, so `fit()` and its callbacks work as usual.
+The train step takes gradients with TensorFlow's GradientTape, so the DCGAN trains under Keras' TensorFlow backend
+only; TensorFlow is imported inside it, so that importing `realfake.models` works under any backend.
 """
 
 import logging
@@ -10,7 +12,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import layers, ops
 
 from realfake.errors import RealfakeError
@@ -210,6 +211,8 @@ class DCGAN(keras.Model):
         return self.generator(noise, training=training)
 
     def train_step(self, data):
+        import tensorflow as tf
+
         images = data[0] if isinstance(data, (tuple, list)) else data
         real = scale_to_tanh_range(images)
         batch_size = ops.shape(real)[0]
