@@ -1,14 +1,21 @@
 """Benchmark: realfake's `fast` detector on a CPU budget: test accuracy against cumulative training time.
 
     .venv/bin/python benchmarks/fast_detector.py [--seeds 42 1 2] [--epochs N] [--batch-size N] [--per-class N]
-        [--set KEY=VALUE ...] [--archive ../shared/data/cifake-large.zip] [--output-dir benchmarks/results]
+        [--set KEY=VALUE ...] [--model NAME] [--stored-augment] [--archive ../shared/data/cifake-large.zip |
+        --raw data/raw/cifake.npz] [--output-dir benchmarks/results]
 
 Trains models.fast from params.yaml (`--epochs` overrides its epochs, the schedule laid out over them; `--batch-size`
 its batch size; `--set stage_filters=[48,96,192]` any other key of models.fast, the value read as YAML) with the
-library's own code path (`classifiers.train_classifier`, tf.data from uint8 arrays, resumable fit), once per seed,
-on the archive's train images (all of them by default; duplicates and copies of test images dropped as the prepare
-stage does; a validation split of `prepare.val_fraction` carved off; no stored augmented copies: the model flips
-on the fly). The validation split picks the best epoch, as in the pipeline.
+library's own code path (`classifiers.train_classifier`, the input pipeline from uint8 arrays, resumable fit), once
+per seed, on the archive's train images (all of them by default; duplicates and copies of test images dropped as
+the prepare stage does; a validation split of `prepare.val_fraction` carved off; no stored augmented copies: the
+model flips on the fly). The validation split picks the best epoch, as in the pipeline.
+
+`--model cnn|efficientnet|resnet50` trains another models.<name> section the same way; with `--per-class
+25000 --stored-augment` (the prepare stage's per-class sample and stored copies, params.yaml's `prepare`) that is
+the seed's full recipe. `--raw` reads the download stage's decoded arrays instead of decoding `--archive`.
+Under `KERAS_BACKEND=jax` (a GPU machine with JAX and no TensorFlow) the same code trains through JAX; the command
+recorded in the summary names the backend.
 
 Reporting only, never selection: after every epoch the model (flip TTA included) scores the archive's whole test
 split; those scores go to the accuracy-vs-time curve and to nothing else. Training time is the sum of the epochs'
@@ -45,7 +52,8 @@ from train_throughput import machine  # noqa: E402
 
 from realfake import cifake, evaluation  # noqa: E402
 from realfake.classifiers import train_classifier  # noqa: E402
-from realfake.params import FastParams, load_model_params, load_params  # noqa: E402
+from realfake.fileio import load_arrays  # noqa: E402
+from realfake.params import ModelParams, load_model_params, load_params  # noqa: E402
 from realfake.prepare import Split, prepare_splits, train_pool  # noqa: E402
 
 log = logging.getLogger("fast_detector")
@@ -79,24 +87,30 @@ class TestCurve(keras.callbacks.Callback):
         ]
 
 
-def load_splits(raw, *, per_class: int | None, val_fraction: float, seed: int) -> dict[str, Split]:
+def load_splits(
+    raw, *, per_class: int | None, val_fraction: float, augmentations: tuple[str, ...], seed: int
+) -> dict[str, Split]:
     if per_class is None:  # every usable train image of the smaller class
         pool, _ = train_pool(raw, drop_test_overlap=True)
         per_class = min(len(indices) for indices in pool.values())
     splits, report = prepare_splits(
-        raw, per_class=per_class, val_fraction=val_fraction, augmentations=(), drop_test_overlap=True, seed=seed
-    )
+        raw, per_class=per_class, val_fraction=val_fraction, augmentations=augmentations, drop_test_overlap=True,
+        seed=seed,
+    )  # fmt: skip
     log.info("splits: %s", report["sizes"])
     return splits
 
 
-def run_seed(raw, params, spec, *, seed: int, per_class: int | None) -> tuple[dict, list[dict]]:
-    splits = load_splits(raw, per_class=per_class, val_fraction=params.prepare.val_fraction, seed=seed)
+def run_seed(raw, params, name: str, spec, *, seed: int, per_class: int | None, stored_augment: bool):
+    augmentations = params.prepare.augment if stored_augment else ()
+    splits = load_splits(
+        raw, per_class=per_class, val_fraction=params.prepare.val_fraction, augmentations=augmentations, seed=seed
+    )
     ev = params.evaluate
     curve = TestCurve(splits["test"], batch_size=ev.batch_size, threshold=ev.threshold)
     with tempfile.TemporaryDirectory() as state_root:
         result, _ = train_classifier(
-            "fast", spec, params.train, splits["train"], splits["val"], seed=seed, state_root=Path(state_root),
+            name, spec, params.train, splits["train"], splits["val"], seed=seed, state_root=Path(state_root),
             extra_callbacks=[curve],
         )  # fmt: skip
     test = splits["test"]
@@ -117,15 +131,17 @@ def run_seed(raw, params, spec, *, seed: int, per_class: int | None) -> tuple[di
     return summary, [{"seed": seed, **row} for row in curve.rows(result.history)]
 
 
-def with_overrides(spec: FastParams, assignments: list[str]) -> FastParams:
-    """models.fast with KEY=VALUE assignments applied (values parsed as YAML), validated like params.yaml."""
+def with_overrides(spec: ModelParams, assignments: list[str], *, section: str) -> ModelParams:
+    """A models.<name> section with KEY=VALUE assignments applied (values parsed as YAML), validated like
+    params.yaml.
+    """
     raw = dataclasses.asdict(spec)
     for assignment in assignments:
         key, sep, value = assignment.partition("=")
         if not sep or key not in raw:
             raise SystemExit(f"--set {assignment}: expected KEY=VALUE with KEY one of {', '.join(raw)}")
         raw[key] = yaml.safe_load(value)
-    return load_model_params(raw, "models.fast")
+    return load_model_params(raw, section)
 
 
 def earlier_runs(summary: Path, *, model: dict, replaced: list[int]) -> list[dict]:
@@ -136,7 +152,7 @@ def earlier_runs(summary: Path, *, model: dict, replaced: list[int]) -> list[dic
         return []
     earlier = json.loads(summary.read_text())
     if _training_settings(json.loads(json.dumps(model))) != _training_settings(earlier["model"]):
-        raise SystemExit(f"{summary}: holds runs of other models.fast settings; pass another --name")
+        raise SystemExit(f"{summary}: holds runs of other model settings; pass another --name")
     return [run for run in earlier["runs"] if run["seed"] not in replaced]
 
 
@@ -158,36 +174,53 @@ def spread(values: list[float]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--raw", type=Path, help="the archive decoded, as the download stage writes it (.npz)")
+    parser.add_argument("--model", default="fast", help="the models.<name> section to train")
+    parser.add_argument("--stored-augment", action="store_true", help="add prepare.augment's stored copies")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
-    parser.add_argument("--epochs", type=int, help="override models.fast.epochs (the schedule spans them)")
-    parser.add_argument("--batch-size", type=int, help="override models.fast.batch_size")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override a models.fast key (YAML)")
+    parser.add_argument("--epochs", type=int, help="override the model's epochs (the schedule spans them)")
+    parser.add_argument("--batch-size", type=int, help="override the model's batch_size")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override a models key (YAML)")
     parser.add_argument("--per-class", type=int, help="train+val images per class; default: all usable")
     parser.add_argument("--output-dir", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="fast_detector", help="folder of the output files in --output-dir")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
-    params = load_params(args.params, sections=["base", "prepare", "train", "evaluate", "models.fast"])
-    spec = with_overrides(params.models["fast"], args.set)
+    section = f"models.{args.model}"
+    params = load_params(args.params, sections=["base", "prepare", "train", "evaluate", section])
+    if args.model not in params.models:
+        raise SystemExit(f"--model {args.model}: no {section} in {args.params}")
+    spec = with_overrides(params.models[args.model], args.set, section=section)
     if args.epochs:
         spec = dataclasses.replace(spec, epochs=args.epochs)
     if args.batch_size:
         spec = dataclasses.replace(spec, batch_size=args.batch_size)
-    command = " ".join([".venv/bin/python", "benchmarks/fast_detector.py", *sys.argv[1:]])
+    backend = keras.backend.backend()
+    interpreter = ".venv/bin/python" if backend == "tensorflow" else f"KERAS_BACKEND={backend} python3"
+    command = " ".join([interpreter, "benchmarks/fast_detector.py", *sys.argv[1:]])
     out = args.output_dir / args.name
+    archive_name = (args.raw or args.archive).name
+    augmentations = list(params.prepare.augment) if args.stored_augment else []
     runs = earlier_runs(out / "summary.json", model=dataclasses.asdict(spec), replaced=args.seeds)
-    raw = cifake.decode_entries(cifake.read_zip(args.archive), workers=1)  # no fork: TensorFlow is loaded
+    if args.raw:
+        raw = cifake.RawDataset.from_arrays(load_arrays(args.raw))
+    else:
+        raw = cifake.decode_entries(cifake.read_zip(args.archive), workers=1)  # no fork: the backend is loaded
     for seed in args.seeds:
-        summary, curve = run_seed(raw, params, spec, seed=seed, per_class=args.per_class)
+        summary, curve = run_seed(
+            raw, params, args.model, spec, seed=seed, per_class=args.per_class, stored_augment=args.stored_augment
+        )
         runs.append(summary)
         document = {
             "command": command,
             "machine": machine(),
-            "archive": args.archive.name,
-            "computed_on": f"test split of {args.archive.name} (all of it), flip TTA as saved in the model",
+            "archive": archive_name,
+            "computed_on": f"test split of {archive_name} (all of it), scored by the saved model (flip TTA included)",
+            "model_name": args.model,
             "model": dataclasses.asdict(spec),
+            "train_data": {"per_class": args.per_class or "all usable", "stored_augment": augmentations},
             "runs": runs,
             "test_accuracy": spread([r["test"]["accuracy"] for r in runs]),
             "test_roc_auc": spread([r["test"]["roc_auc"] for r in runs]),

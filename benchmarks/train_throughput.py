@@ -247,14 +247,31 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
 
 
 def machine() -> str:
-    """Host, CPU model, cores and the versions that decide the speed."""
+    """Host, CPU model, cores, the accelerator Keras' backend sees, and the versions that decide the speed."""
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
     models = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
     cpu = models[0] if models else platform.processor()
-    versions = f"TensorFlow {version('tensorflow')}, Keras {version('keras')}"
+    backend = keras.backend.backend()
+    versions = f"Keras {version('keras')} on {backend} {version(backend)}"
     host = f"{platform.node()} {platform.machine()} {cpu}, {os.cpu_count()} cores"
-    return f"{host}, Python {platform.python_version()}, {versions}"
+    accelerators = ", ".join(_accelerators(backend)) or "no GPU"
+    return f"{host}, {accelerators}, Python {platform.python_version()}, {versions}"
+
+
+def _accelerators(backend: str) -> list[str]:
+    if backend == "jax":
+        import jax
+
+        return [device.device_kind for device in jax.devices() if device.platform == "gpu"]
+    if backend == "torch":
+        import torch
+
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus]
 
 
 def main() -> None:
