@@ -136,6 +136,13 @@ def test_unknown_augmentation_is_named(images, kind):
         pipeline(kind, images, np.arange(100), batch_size=8, shuffle=False, seed=0, augment=("zoom",))
 
 
+@pytest.mark.parametrize("kind", PIPELINES)
+def test_rot90_needs_square_images(kind):
+    wide = np.zeros((4, 8, 16, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="rot90 needs square images, got 8x16"):
+        pipeline(kind, wide, np.arange(4), batch_size=2, shuffle=False, seed=0, augment=("rot90",))
+
+
 def test_numpy_batches_are_a_function_of_epoch_and_index(images):
     # Keras may fetch a batch out of order (or twice): the same (epoch, index) must give the same pixels.
     ds = training.ArrayBatches(images, np.arange(100), batch_size=10, shuffle=True, seed=5, augment=("hflip",))

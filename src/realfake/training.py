@@ -67,6 +67,11 @@ def check_augment(augment: Sequence[str]) -> tuple[str, ...]:
     return tuple(augment)
 
 
+def _check_square_for_rot90(images: np.ndarray, augment: Sequence[str]) -> None:
+    if "rot90" in augment and images.shape[1] != images.shape[2]:
+        raise ValueError(f"rot90 needs square images, got {images.shape[1]}x{images.shape[2]}")
+
+
 def _pixel_permutations(height: int, width: int, augment: tuple[str, ...]) -> np.ndarray:
     """(T, height*width) int32: for each allowed transform, the source pixel of every output pixel.
 
@@ -75,10 +80,15 @@ def _pixel_permutations(height: int, width: int, augment: tuple[str, ...]) -> np
     interpolating transforms would blur the high-frequency traces that tell generated images from photos.
     """
     grid = np.arange(height * width).reshape(height, width)
+    tables = [np.rot90(grid[:, ::-1] if flip else grid, k).reshape(-1) for flip, k in _symmetries(augment)]
+    return np.stack(tables).astype(np.int32)
+
+
+def _symmetries(augment: tuple[str, ...]) -> list[tuple[bool, int]]:
+    """(mirror first, quarter turns) of each transform in the group `augment` generates (identity first)."""
     flips = (False, True) if "hflip" in augment else (False,)
     turns = range(4) if "rot90" in augment else (0,)
-    tables = [np.rot90(grid[:, ::-1] if flip else grid, k).reshape(-1) for flip in flips for k in turns]
-    return np.stack(tables).astype(np.int32)
+    return [(flip, k) for flip in flips for k in turns]
 
 
 def make_dataset(
@@ -105,8 +115,7 @@ def make_dataset(
         raise ValueError(f"labels: {len(labels)} labels for {len(images)} images")
     if batch_size <= 0:
         raise ValueError(f"batch_size: must be > 0, got {batch_size}")
-    if "rot90" in augment and images.shape[1] != images.shape[2]:
-        raise ValueError(f"rot90 needs square images, got {images.shape[1]}x{images.shape[2]}")
+    _check_square_for_rot90(images, augment)
     if keras.backend.backend() != "tensorflow":
         return ArrayBatches(images, labels, batch_size=batch_size, shuffle=shuffle, seed=seed, augment=augment)
     return _tf_dataset(images, labels, batch_size=batch_size, shuffle=shuffle, seed=seed, augment=augment)
@@ -163,7 +172,9 @@ class ArrayBatches(keras.utils.PyDataset):
     The same batches as the tf.data pipeline in kind, not bit for bit: epoch e's order is a permutation drawn from
     (seed, e); each image of batch i gets one of the transforms `augment` allows, drawn from (seed + 1, e, i), so
     any batch is a pure function of its epoch and index. Batches are gathered synchronously in Keras' loop: on a
-    GPU the backend's asynchronous dispatch overlaps them with the previous step (a 64-image gather takes ~0.1 ms).
+    GPU the backend's asynchronous dispatch overlaps them with the previous step. The batch is gathered whole, then
+    flipped and turned per group of images sharing a transform: on 2 busy CPU cores a 64-image batch with flips
+    took ~0.3 ms this way, against ~1.9 ms gathering every pixel through a permutation table as tf.data does.
     """
 
     def __init__(
@@ -180,9 +191,8 @@ class ArrayBatches(keras.utils.PyDataset):
         self.images = np.ascontiguousarray(images)
         self.labels = np.asarray(labels, dtype=np.int32)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        n, height, width, channels = self.images.shape
-        self._pixels = self.images.reshape(n * height * width, channels)  # a view: one gather reads and transforms
-        self._tables = _pixel_permutations(height, width, check_augment(augment))
+        self._symmetries = _symmetries(check_augment(augment))
+        _check_square_for_rot90(self.images, augment)
         self.epoch = 0  # advanced by Keras at each epoch's start
         self._order = self._epoch_order()
 
@@ -201,13 +211,19 @@ class ArrayBatches(keras.utils.PyDataset):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of {len(self)}")
         idx = self._order[index * self.batch_size : (index + 1) * self.batch_size]
-        _, height, width, channels = self.images.shape
-        if len(self._tables) == 1:  # no augmentation
-            batch = self.images[idx]
-        else:
+        batch = self.images[idx]  # a uint8 copy of just this batch
+        if len(self._symmetries) > 1:
             rng = np.random.default_rng([self.seed + 1, self.epoch, index])
-            rows = self._tables[rng.integers(len(self._tables), size=len(idx))] + idx[:, None] * (height * width)
-            batch = self._pixels[rows.reshape(-1)].reshape(len(idx), height, width, channels)
+            choice = rng.integers(len(self._symmetries), size=len(idx))
+            # One opaque element per pixel (its channels as raw bytes): NumPy then moves pixels whole, ~4x faster
+            # than flipping an axis of 3-byte channel vectors.
+            pixels = batch.view(np.dtype((np.void, batch.shape[-1])))[..., 0]  # a view: writes go to `batch`
+            for transform in np.unique(choice):
+                flip, turns = self._symmetries[transform]
+                if flip or turns:
+                    chosen = np.flatnonzero(choice == transform)
+                    part = pixels[chosen]
+                    pixels[chosen] = np.rot90(part[:, :, ::-1] if flip else part, turns, axes=(1, 2))
         return batch.astype(np.float32), self.labels[idx]
 
 
