@@ -3,9 +3,7 @@
 # machine, which has CUDA, JAX and PyTorch but no TensorFlow and no network. realfake trains there through Keras'
 # JAX backend (`training.ArrayBatches` replaces tf.data); everything else is the library's code path.
 #
-# Prepare here (both folders are git-ignored):
-#   pip download keras==3.15.1 namex optree ruamel.yaml as cp312 manylinux wheels into .whl/ (device README)
-#   .venv/bin/python benchmarks/ship_archive.py pack ../shared/data/cifake-large.zip .gpu/cifake-large.jpgs.xz
+# Prepare here: `make gpu-prep` (wheels into .whl/, the packed archive into .gpu/; both git-ignored).
 # Run there (device tool, carry .whl and .gpu):  bash benchmarks/gpu_run.sh [fast_default cnn fast_wide resnet50 efficientnet]
 # Results: $OUT/results.tar.gz (one folder per step, as benchmarks/fast_detector.py writes them, plus its log).
 # Each step is cut at its time limit so that one slow model cannot eat the others' share of the lease; a step cut
