@@ -104,8 +104,13 @@ def train_classifier(
     image_shape = train.images.shape[1:]
     num_classes = len(train.class_names)
     training.seed_everything(seed)
-    key = training.fingerprint(
-        name, spec, train_params, seed, arrays=[train.images, train.labels, val.images, val.labels]
+    key = training.fingerprint(  # the backend too: a TensorFlow run's state is not resumed under JAX
+        name,
+        spec,
+        train_params,
+        seed,
+        keras.backend.backend(),
+        arrays=[train.images, train.labels, val.images, val.labels],
     )
     state_dir = Path(state_root) / name / key
     strategy = training.distribution_strategy(train_params.strategy)

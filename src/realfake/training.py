@@ -67,9 +67,20 @@ def check_augment(augment: Sequence[str]) -> tuple[str, ...]:
     return tuple(augment)
 
 
-def _check_square_for_rot90(images: np.ndarray, augment: Sequence[str]) -> None:
+def _check_inputs(
+    images: np.ndarray, labels: np.ndarray, *, batch_size: int, augment: Sequence[str]
+) -> tuple[str, ...]:
+    """Refuse what neither pipeline can batch; return `augment` as a tuple."""
+    augment = check_augment(augment)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"images: expected a uint8 array (N, H, W, C), got {images.dtype} {images.shape}")
+    if len(labels) != len(images):
+        raise ValueError(f"labels: {len(labels)} labels for {len(images)} images")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size: must be > 0, got {batch_size}")
     if "rot90" in augment and images.shape[1] != images.shape[2]:
         raise ValueError(f"rot90 needs square images, got {images.shape[1]}x{images.shape[2]}")
+    return augment
 
 
 def _pixel_permutations(height: int, width: int, augment: tuple[str, ...]) -> np.ndarray:
@@ -108,14 +119,7 @@ def make_dataset(
     restarts that sequence of orders. Evaluation datasets use `shuffle=False, augment=()`: same order and pixels
     every time. Under a MirroredStrategy, `batch_size` is the global batch, split across replicas by Keras.
     """
-    augment = check_augment(augment)
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise ValueError(f"images: expected a uint8 array (N, H, W, C), got {images.dtype} {images.shape}")
-    if len(labels) != len(images):
-        raise ValueError(f"labels: {len(labels)} labels for {len(images)} images")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size: must be > 0, got {batch_size}")
-    _check_square_for_rot90(images, augment)
+    augment = _check_inputs(images, labels, batch_size=batch_size, augment=augment)
     if keras.backend.backend() != "tensorflow":
         return ArrayBatches(images, labels, batch_size=batch_size, shuffle=shuffle, seed=seed, augment=augment)
     return _tf_dataset(images, labels, batch_size=batch_size, shuffle=shuffle, seed=seed, augment=augment)
@@ -171,10 +175,12 @@ class ArrayBatches(keras.utils.PyDataset):
 
     The same batches as the tf.data pipeline in kind, not bit for bit: epoch e's order is a permutation drawn from
     (seed, e); each image of batch i gets one of the transforms `augment` allows, drawn from (seed + 1, e, i), so
-    any batch is a pure function of its epoch and index. Batches are gathered synchronously in Keras' loop: on a
-    GPU the backend's asynchronous dispatch overlaps them with the previous step. The batch is gathered whole, then
-    flipped and turned per group of images sharing a transform: on 2 busy CPU cores a 64-image batch with flips
-    took ~0.3 ms this way, against ~1.9 ms gathering every pixel through a permutation table as tf.data does.
+    any batch is a pure function of its epoch and index. `fit_classifier` tells it fit's own epoch number
+    (`FollowEpochs`), so a resumed run continues the sequence; in a plain `fit` it counts Keras' epoch starts,
+    which include one for building the model. Batches are gathered synchronously in Keras' loop: on a GPU the
+    backend's asynchronous dispatch overlaps them with the previous step. The batch is gathered whole, then flipped
+    and turned per group of images sharing a transform: on 2 busy CPU cores a 64-image batch with flips took
+    ~0.35 ms this way, against ~1.9 ms gathering every pixel through a permutation table as tf.data does.
     """
 
     def __init__(
@@ -188,21 +194,27 @@ class ArrayBatches(keras.utils.PyDataset):
         augment: Sequence[str],
     ):
         super().__init__(workers=1, use_multiprocessing=False)
+        self._symmetries = _symmetries(_check_inputs(images, labels, batch_size=batch_size, augment=augment))
         self.images = np.ascontiguousarray(images)
         self.labels = np.asarray(labels, dtype=np.int32)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self._symmetries = _symmetries(check_augment(augment))
-        _check_square_for_rot90(self.images, augment)
-        self.epoch = 0  # advanced by Keras at each epoch's start
-        self._order = self._epoch_order()
+        self._followed = False  # True once fit's epoch numbers arrive: Keras' epoch starts are then ignored
+        self.set_epoch(0)
 
-    def _epoch_order(self) -> np.ndarray:
+    def follow(self, fit_epoch: int) -> None:
+        """Take the epoch from fit (0-based `fit_epoch`, as callbacks see it) from now on."""
+        self._followed = True
+        self.set_epoch(fit_epoch + 1)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the order of `epoch` (1 = the first); its batches follow from it."""
+        self.epoch = epoch
         n = len(self.labels)
-        return np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+        self._order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
 
     def on_epoch_begin(self):
-        self.epoch += 1
-        self._order = self._epoch_order()
+        if not self._followed:
+            self.set_epoch(self.epoch + 1)
 
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
@@ -225,6 +237,17 @@ class ArrayBatches(keras.utils.PyDataset):
                     part = pixels[chosen]
                     pixels[chosen] = np.rot90(part[:, :, ::-1] if flip else part, turns, axes=(1, 2))
         return batch.astype(np.float32), self.labels[idx]
+
+
+class FollowEpochs(keras.callbacks.Callback):
+    """Sets an `ArrayBatches` to the epoch fit is starting (fit's callbacks run before the data's epoch starts)."""
+
+    def __init__(self, dataset: ArrayBatches):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.dataset.follow(epoch)
 
 
 def count_examples(dataset: tf.data.Dataset | ArrayBatches) -> int:
@@ -637,7 +660,7 @@ def fit_classifier(
             validation_data=val_ds,
             epochs=epochs,
             initial_epoch=initial_epoch,
-            callbacks=[tracker, EpochBackup(state_dir / BACKUP), *extra_callbacks],
+            callbacks=[*_epoch_followers(train_ds), tracker, EpochBackup(state_dir / BACKUP), *extra_callbacks],
             shuffle=False,  # the dataset shuffles itself; this only silences Keras' warning
             # A live progress bar in a terminal; in logs (dvc repro piped, CI) one line per epoch instead.
             verbose=1 if sys.stdout.isatty() else 2,
@@ -647,6 +670,10 @@ def fit_classifier(
         logger.info("%s holds a finished run; returning its result without training", state_dir)
 
     return _result(model, state_dir, progress, carried)
+
+
+def _epoch_followers(dataset: tf.data.Dataset | ArrayBatches) -> list[keras.callbacks.Callback]:
+    return [FollowEpochs(dataset)] if isinstance(dataset, ArrayBatches) else []
 
 
 def _batch_shape(dataset: tf.data.Dataset | ArrayBatches) -> tuple[int | None, ...]:

@@ -1,0 +1,63 @@
+"""Training under Keras' JAX backend, in a subprocess (KERAS_BACKEND is read once per process).
+
+The lent GPU machines have JAX and no TensorFlow, and `benchmarks/gpu_run.sh` runs this file there before its
+benchmarks. The project's own environment has no JAX, so here it runs only where JAX is installed. This file must
+not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+JAX_TRAINING = """
+import sys
+import numpy as np
+from realfake import classifiers, training
+from realfake.params import FastParams, TrainParams
+from realfake.prepare import Split
+
+rng = np.random.default_rng(0)
+images = rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8)
+labels = (images.mean(axis=(1, 2, 3)) > 127.5).astype(np.int64)
+names = ("REAL", "FAKE")
+spec = FastParams(architecture="fast", epochs=2, batch_size=16, optimizer="adamw", learning_rate=0.003,
+                  schedule="warmup_cosine", warmup_epochs=0.5, weight_decay=0.05, label_smoothing=0.1,
+                  augment=("hflip",), space_to_depth=2, stage_filters=(8, 16), convs_per_stage=1, dropout=0.1,
+                  flip_tta=True,
+                  max_parameters=100000)
+train_params = TrainParams(strategy="auto", monitor="val_accuracy", monitor_mode="max",
+                           early_stopping_patience=None, jit_compile="auto", run_eagerly=False)
+result, _ = classifiers.train_classifier(
+    "fast", spec, train_params, Split(images[:64], labels[:64], names), Split(images[64:], labels[64:], names),
+    seed=1, state_root=sys.argv[1])
+assert result.epochs_run == 2 and result.model.jit_compile is True, result
+assert all(seconds > 0 for seconds in result.history["train_seconds"])
+try:
+    training.distribution_strategy("mirrored")
+except ValueError as exc:
+    assert "TensorFlow backend" in str(exc)
+else:
+    raise AssertionError("mirrored was accepted under JAX")
+assert "tensorflow" not in sys.modules, "TensorFlow was imported"
+print("trained under", __import__("keras").backend.backend())
+"""
+
+
+def test_classifiers_train_under_keras_jax_backend_without_tensorflow(tmp_path):
+    pytest.importorskip("jax")
+    src = str(Path(__file__).resolve().parents[1] / "src")  # where realfake is not installed (the GPU machine)
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": "jax",
+        "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", JAX_TRAINING, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "trained under jax" in done.stdout
