@@ -144,22 +144,28 @@ def with_overrides(spec: ModelParams, assignments: list[str], *, section: str) -
     return load_model_params(raw, section)
 
 
-def earlier_runs(summary: Path, *, model: dict, replaced: list[int]) -> list[dict]:
-    """Runs of other seeds kept from an earlier invocation with the very same model settings (seeds can be run
-    one invocation at a time); a summary of other settings is refused rather than mixed in.
+def earlier_runs(summary: Path, *, setup: dict, replaced: list[int]) -> list[dict]:
+    """Runs of other seeds kept from an earlier invocation with the very same setup (model settings, training data,
+    backend; seeds can be run one invocation at a time); a summary of another setup is refused rather than mixed in.
     """
     if not summary.exists():
         return []
     earlier = json.loads(summary.read_text())
-    if _training_settings(json.loads(json.dumps(model))) != _training_settings(earlier["model"]):
-        raise SystemExit(f"{summary}: holds runs of other model settings; pass another --name")
+    if _comparable(json.loads(json.dumps(setup))) != _comparable(earlier):
+        raise SystemExit(f"{summary}: holds runs of another model, training data or backend; pass another --name")
     return [run for run in earlier["runs"] if run["seed"] not in replaced]
 
 
-def _training_settings(model: dict) -> dict:
-    # summaries written before models.fast had space_to_depth trained without it, i.e. with block size 1
-    model = {"space_to_depth": 1, **model}
-    return {k: v for k, v in model.items() if k != "max_parameters"}  # a check on the network, not a setting
+def _comparable(setup: dict) -> dict:
+    # Summaries written before these keys existed trained with space_to_depth 1, on every usable image with no
+    # stored copies, and under TensorFlow unless their machine line names JAX (the first GPU runs).
+    model = {"space_to_depth": 1, **setup["model"]}
+    backend = "jax" if " on jax " in setup.get("machine", "") else "tensorflow"
+    return {
+        "model": {k: v for k, v in model.items() if k != "max_parameters"},  # a check on the network, not a setting
+        "train_data": setup.get("train_data", {"per_class": "all usable", "stored_augment": []}),
+        "backend": setup.get("backend", backend),
+    }
 
 
 def spread(values: list[float]) -> dict:
@@ -203,7 +209,12 @@ def main() -> None:
     out = args.output_dir / args.name
     archive_name = (args.raw or args.archive).name
     augmentations = list(params.prepare.augment) if args.stored_augment else []
-    runs = earlier_runs(out / "summary.json", model=dataclasses.asdict(spec), replaced=args.seeds)
+    setup = {
+        "model": dataclasses.asdict(spec),
+        "train_data": {"per_class": args.per_class or "all usable", "stored_augment": augmentations},
+        "backend": backend,
+    }
+    runs = earlier_runs(out / "summary.json", setup=setup, replaced=args.seeds)
     if args.raw:
         raw = cifake.RawDataset.from_arrays(load_arrays(args.raw))
     else:
@@ -212,15 +223,14 @@ def main() -> None:
         summary, curve = run_seed(
             raw, params, args.model, spec, seed=seed, per_class=args.per_class, stored_augment=args.stored_augment
         )
-        runs.append(summary)
+        runs.append({**summary, "command": command, "machine": machine()})
         document = {
-            "command": command,
+            "command": command,  # the latest invocation; each run records its own
             "machine": machine(),
             "archive": archive_name,
             "computed_on": f"test split of {archive_name} (all of it), scored by the saved model (flip TTA included)",
             "model_name": args.model,
-            "model": dataclasses.asdict(spec),
-            "train_data": {"per_class": args.per_class or "all usable", "stored_augment": augmentations},
+            **setup,
             "runs": runs,
             "test_accuracy": spread([r["test"]["accuracy"] for r in runs]),
             "test_roc_auc": spread([r["test"]["roc_auc"] for r in runs]),

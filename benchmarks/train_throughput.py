@@ -128,7 +128,7 @@ def measure(
     data: Path,
     image_size: int,
     seed: int,
-    jit_compile: bool,
+    jit_compile: bool | str,
     warmup: int,
     steps: int,
 ) -> dict:
