@@ -101,8 +101,7 @@ def load_splits(
     return splits
 
 
-def run_seed(raw, params, name: str, spec, *, seed: int, per_class: int | None, stored_augment: bool):
-    augmentations = params.prepare.augment if stored_augment else ()
+def run_seed(raw, params, name: str, spec, *, seed: int, per_class: int | None, augmentations: tuple[str, ...]):
     splits = load_splits(
         raw, per_class=per_class, val_fraction=params.prepare.val_fraction, augmentations=augmentations, seed=seed
     )
@@ -208,10 +207,10 @@ def main() -> None:
     command = " ".join([interpreter, "benchmarks/fast_detector.py", *sys.argv[1:]])
     out = args.output_dir / args.name
     archive_name = (args.raw or args.archive).name
-    augmentations = list(params.prepare.augment) if args.stored_augment else []
+    augmentations = tuple(params.prepare.augment) if args.stored_augment else ()
     setup = {
         "model": dataclasses.asdict(spec),
-        "train_data": {"per_class": args.per_class or "all usable", "stored_augment": augmentations},
+        "train_data": {"per_class": args.per_class or "all usable", "stored_augment": list(augmentations)},
         "backend": backend,
     }
     runs = earlier_runs(out / "summary.json", setup=setup, replaced=args.seeds)
@@ -221,7 +220,7 @@ def main() -> None:
         raw = cifake.decode_entries(cifake.read_zip(args.archive), workers=1)  # no fork: the backend is loaded
     for seed in args.seeds:
         summary, curve = run_seed(
-            raw, params, args.model, spec, seed=seed, per_class=args.per_class, stored_augment=args.stored_augment
+            raw, params, args.model, spec, seed=seed, per_class=args.per_class, augmentations=augmentations
         )
         runs.append({**summary, "command": command, "machine": machine()})
         document = {

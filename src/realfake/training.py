@@ -119,9 +119,9 @@ def make_dataset(
     restarts that sequence of orders. Evaluation datasets use `shuffle=False, augment=()`: same order and pixels
     every time. Under a MirroredStrategy, `batch_size` is the global batch, split across replicas by Keras.
     """
-    augment = _check_inputs(images, labels, batch_size=batch_size, augment=augment)
-    if keras.backend.backend() != "tensorflow":
+    if keras.backend.backend() != "tensorflow":  # checks its inputs itself
         return ArrayBatches(images, labels, batch_size=batch_size, shuffle=shuffle, seed=seed, augment=augment)
+    augment = _check_inputs(images, labels, batch_size=batch_size, augment=augment)
     return _tf_dataset(images, labels, batch_size=batch_size, shuffle=shuffle, seed=seed, augment=augment)
 
 
@@ -426,8 +426,7 @@ class EpochBackup(keras.callbacks.Callback):
 
 
 def _strategy_scope(model: keras.Model) -> AbstractContextManager:
-    strategy = getattr(model, "distribute_strategy", None)  # TensorFlow's trainer only
-    return strategy.scope() if strategy is not None else nullcontext()
+    return getattr(model, "distribute_strategy", SingleDevice()).scope()  # TensorFlow's trainer only has one
 
 
 def restore_backup(model: keras.Model, backup_dir: Path) -> int:
