@@ -1,8 +1,8 @@
 """Benchmark: realfake's `fast` detector on a CPU budget: test accuracy against cumulative training time.
 
     .venv/bin/python benchmarks/fast_detector.py [--seeds 42 1 2] [--epochs N] [--batch-size N] [--per-class N]
-        [--set KEY=VALUE ...] [--model NAME] [--stored-augment] [--archive ../shared/data/cifake-large.zip |
-        --raw data/raw/cifake.npz] [--output-dir benchmarks/results]
+        [--set KEY=VALUE ...] [--model NAME] [--stored-augment] [--train-minutes M]
+        [--archive ../shared/data/cifake-large.zip | --raw data/raw/cifake.npz] [--output-dir benchmarks/results]
 
 Trains models.fast from params.yaml (`--epochs` overrides its epochs, the schedule laid out over them; `--batch-size`
 its batch size; `--set stage_filters=[48,96,192]` any other key of models.fast, the value read as YAML) with the
@@ -14,6 +14,8 @@ model flips on the fly). The validation split picks the best epoch, as in the pi
 `--model cnn|efficientnet|resnet50` trains another models.<name> section the same way; with `--per-class
 25000 --stored-augment` (the prepare stage's per-class sample and stored copies, params.yaml's `prepare`) that is
 the seed's full recipe. `--raw` reads the download stage's decoded arrays instead of decoding `--archive`.
+`--train-minutes M` ends a run after the last epoch that fits in M training minutes ("as many epochs as fit"),
+judged by the length of the epoch just finished; the summary records the epochs run.
 Under `KERAS_BACKEND=jax` (a GPU machine with JAX and no TensorFlow) the same code trains through JAX; the command
 recorded in the summary names the backend.
 
@@ -37,6 +39,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -87,6 +90,31 @@ class TestCurve(keras.callbacks.Callback):
         ]
 
 
+class TrainingBudget(keras.callbacks.Callback):
+    """Stops the fit after the last epoch that fits in `minutes` of training time, predicting the next epoch's
+    length from the one just finished (training steps only, as the summary counts them; validation excluded).
+    """
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.budget = minutes * 60
+        self.spent = self._started = self._last = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started, self._last = time.perf_counter(), 0.0
+
+    def on_test_begin(self, logs=None):
+        if not self._last:  # the epoch's validation pass follows its last training step
+            self._last = time.perf_counter() - self._started
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.spent += self._last or time.perf_counter() - self._started
+        if self.spent + self._last > self.budget:
+            log.info("training budget: %.1f of %.1f min spent; the next epoch would not fit", self.spent / 60,
+                     self.budget / 60)  # fmt: skip
+            self.model.stop_training = True
+
+
 def load_splits(
     raw, *, per_class: int | None, val_fraction: float, augmentations: tuple[str, ...], seed: int
 ) -> dict[str, Split]:
@@ -101,7 +129,10 @@ def load_splits(
     return splits
 
 
-def run_seed(raw, params, name: str, spec, *, seed: int, per_class: int | None, augmentations: tuple[str, ...]):
+def run_seed(
+    raw, params, name: str, spec, *, seed: int, per_class: int | None, augmentations: tuple[str, ...],
+    budget_minutes: float | None,
+):  # fmt: skip
     splits = load_splits(
         raw, per_class=per_class, val_fraction=params.prepare.val_fraction, augmentations=augmentations, seed=seed
     )
@@ -110,7 +141,7 @@ def run_seed(raw, params, name: str, spec, *, seed: int, per_class: int | None, 
     with tempfile.TemporaryDirectory() as state_root:
         result, _ = train_classifier(
             name, spec, params.train, splits["train"], splits["val"], seed=seed, state_root=Path(state_root),
-            extra_callbacks=[curve],
+            extra_callbacks=[curve] + ([TrainingBudget(budget_minutes)] if budget_minutes else []),
         )  # fmt: skip
     test = splits["test"]
     p_fake = evaluation.p_fake(evaluation.predict_proba(result.model, test.images, batch_size=ev.batch_size))
@@ -121,6 +152,7 @@ def run_seed(raw, params, name: str, spec, *, seed: int, per_class: int | None, 
     summary = {
         "seed": seed,
         "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
         "train_minutes": round(result.train_seconds / 60, 2),
         "train_images": len(splits["train"].labels),
         "val_images": len(splits["val"].labels),
@@ -164,6 +196,7 @@ def _comparable(setup: dict) -> dict:
         "model": {k: v for k, v in model.items() if k != "max_parameters"},  # a check on the network, not a setting
         "train_data": setup.get("train_data", {"per_class": "all usable", "stored_augment": []}),
         "backend": setup.get("backend", backend),
+        "train_minutes_budget": setup.get("train_minutes_budget"),
     }
 
 
@@ -187,6 +220,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override the model's epochs (the schedule spans them)")
     parser.add_argument("--batch-size", type=int, help="override the model's batch_size")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override a models key (YAML)")
+    parser.add_argument("--train-minutes", type=float,
+                        help="stop after the last epoch that fits in this much training time")  # fmt: skip
     parser.add_argument("--per-class", type=int, help="train+val images per class; default: all usable")
     parser.add_argument("--output-dir", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="fast_detector", help="folder of the output files in --output-dir")
@@ -210,6 +245,7 @@ def main() -> None:
     augmentations = tuple(params.prepare.augment) if args.stored_augment else ()
     setup = {
         "model": dataclasses.asdict(spec),
+        "train_minutes_budget": args.train_minutes,
         "train_data": {"per_class": args.per_class or "all usable", "stored_augment": list(augmentations)},
         "backend": backend,
     }
@@ -220,8 +256,9 @@ def main() -> None:
         raw = cifake.decode_entries(cifake.read_zip(args.archive), workers=1)  # no fork: the backend is loaded
     for seed in args.seeds:
         summary, curve = run_seed(
-            raw, params, args.model, spec, seed=seed, per_class=args.per_class, augmentations=augmentations
-        )
+            raw, params, args.model, spec, seed=seed, per_class=args.per_class, augmentations=augmentations,
+            budget_minutes=args.train_minutes,
+        )  # fmt: skip
         runs.append({**summary, "command": command, "machine": machine()})
         document = {
             "command": command,  # the latest invocation; each run records its own
