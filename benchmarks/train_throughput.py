@@ -7,7 +7,7 @@ Every path trains the same model (params.yaml `models.<name>`, `weights` forced 
 downloaded, and a backbone's speed does not depend on its initial weights) with the same batch size on the
 same N train images of the archive (half REAL, half FAKE, sampled with `base.seed`):
 
-  realfake   uint8 arrays in memory -> training.make_dataset(shuffle=True, augment=()) -> model.fit
+  realfake   uint8 arrays in memory -> training.make_dataset(shuffle=True, augment=(), max_shift=0) -> model.fit
   plain      model.fit(x_float32, y, batch_size=...) on an in-memory float32 copy of the same images
   seed_jpeg  the original notebooks' ImageDataGenerator.flow_from_dataframe: every batch opens its JPEG files
              from disk again (see SeedJpegBatches)
@@ -128,7 +128,6 @@ def measure(
     data: Path,
     image_size: int,
     seed: int,
-    jit_compile: bool | str,
     warmup: int,
     steps: int,
 ) -> dict:
@@ -142,11 +141,15 @@ def measure(
     labels = labels[:n]
     optimizer = build_optimizer(spec, steps_per_epoch=n // batch)
     training.compile_classifier(
-        model, optimizer=optimizer, jit_compile=jit_compile, run_eagerly=False, label_smoothing=spec.label_smoothing
+        model,
+        optimizer=optimizer,
+        jit_compile=spec.jit_compile,
+        run_eagerly=False,
+        label_smoothing=spec.label_smoothing,
     )
     if path == "realfake":
         images = np.load(data / "images.npy")[:n]
-        x = training.make_dataset(images, labels, batch_size=batch, shuffle=True, seed=seed, augment=())
+        x = training.make_dataset(images, labels, batch_size=batch, shuffle=True, seed=seed, augment=(), max_shift=0)
         y, fit_args = None, {"shuffle": False}  # the dataset shuffles itself; False silences a warning
     elif path == "plain":
         x, y, fit_args = np.load(data / "images.npy")[:n].astype(np.float32), labels, {"batch_size": batch}
@@ -312,8 +315,7 @@ def main() -> None:
             if args.images // spec.batch_size < 1:
                 raise SystemExit(f"--images {args.images} is less than one batch of {spec.batch_size}")
             runs: dict[str, list[dict]] = {path: [] for path in PATHS}
-            settings = dict(image_size=image_size, seed=seed, jit_compile=params.train.jit_compile,
-                            warmup=args.warmup, steps=args.steps)  # fmt: skip
+            settings = dict(image_size=image_size, seed=seed, warmup=args.warmup, steps=args.steps)
             for _ in range(args.repeats):
                 for path in PATHS:  # paths take turns, so slow drift in machine load hits each alike
                     result = run_child(path, name, spec, data=data, **settings)

@@ -90,7 +90,7 @@ def train(images: np.ndarray, state_dir: Path, *, dcgan: DcganParams, seed: int)
         learning_rate=dcgan.learning_rate, seed=seed,
     )  # fmt: skip
     dataset = make_dataset(
-        images, np.zeros(len(images)), batch_size=dcgan.batch_size, shuffle=True, seed=seed, augment=()
+        images, np.zeros(len(images)), batch_size=dcgan.batch_size, shuffle=True, seed=seed, augment=(), max_shift=0
     )
     history_file = state_dir / HISTORY
     history = json.loads(history_file.read_text()) if history_file.exists() else []

@@ -30,8 +30,9 @@ def datasets(pipeline: str = "tf.data"):
     images = rng.integers(0, 256, (N_TRAIN + 64, 32, 32, 3), dtype=np.uint8)
     labels = (images.mean(axis=(1, 2, 3)) > 127.5).astype(np.int64)
     make = training.ArrayBatches if pipeline == "numpy" else training.make_dataset
-    train = make(images[:N_TRAIN], labels[:N_TRAIN], batch_size=BATCH, shuffle=True, seed=0, augment=("hflip",))
-    val = make(images[N_TRAIN:], labels[N_TRAIN:], batch_size=BATCH, shuffle=False, seed=0, augment=())
+    settings = dict(batch_size=BATCH, seed=0, max_shift=0)
+    train = make(images[:N_TRAIN], labels[:N_TRAIN], shuffle=True, augment=("hflip",), **settings)
+    val = make(images[N_TRAIN:], labels[N_TRAIN:], shuffle=False, augment=(), **settings)
     return train, val
 
 

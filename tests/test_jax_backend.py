@@ -28,10 +28,9 @@ names = ("REAL", "FAKE")
 spec = FastParams(architecture="fast", epochs=2, batch_size=16, optimizer="adamw", learning_rate=0.003,
                   schedule="warmup_cosine", warmup_epochs=0.5, weight_decay=0.05, label_smoothing=0.1,
                   augment=("hflip",), space_to_depth=2, stage_filters=(8, 16), convs_per_stage=1, dropout=0.1,
-                  flip_tta=True,
-                  max_parameters=100000)
+                  flip_tta=True, max_parameters=100000, jit_compile="auto")
 train_params = TrainParams(strategy="auto", monitor="val_accuracy", monitor_mode="max",
-                           early_stopping_patience=None, jit_compile="auto", run_eagerly=False)
+                           early_stopping_patience=None, run_eagerly=False)
 result, _ = classifiers.train_classifier(
     "fast", spec, train_params, Split(images[:64], labels[:64], names), Split(images[64:], labels[64:], names),
     seed=1, state_root=sys.argv[1])

@@ -48,8 +48,16 @@ def test_repo_params_are_valid():
         (lambda p: p["models"]["fast"].update(label_smoothing=1), r"models.fast.label_smoothing: must be in \[0, 1\)"),
         (lambda p: p["models"]["fast"].update(stage_filters=[]), r"models.fast.stage_filters: list at least one"),
         (lambda p: p["models"]["fast"].update(space_to_depth=0), r"models.fast.space_to_depth: must be greater than 0"),
-        (lambda p: p["train"].update(jit_compile="yes"), r"train.jit_compile: 'yes' is not allowed; use one of auto"),
-        (lambda p: p["train"].update(jit_compile=1), r"train.jit_compile: 1 is not allowed; use auto, true or false"),
+        (
+            lambda p: p["models"]["resnet50"].update(jit_compile="yes"),
+            r"models.resnet50.jit_compile: 'yes' is not allowed; use one of auto",
+        ),
+        (
+            lambda p: p["models"]["fast"].update(jit_compile=1),
+            r"models.fast.jit_compile: 1 is not allowed; use auto, true or false",
+        ),
+        (lambda p: p["train"].update(jit_compile=True), r"train: unknown key\(s\) jit_compile"),
+        (lambda p: p["models"]["fast"].update(max_shift=-1), r"models.fast.max_shift: must be >= 0 pixels, got -1"),
     ],
 )
 def test_bad_values_are_named(tmp_path, mutate, message):

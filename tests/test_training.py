@@ -32,7 +32,7 @@ PIPELINES = ("tf.data", "numpy")
 
 def pipeline(kind: str, images: np.ndarray, labels: np.ndarray, **settings) -> tf.data.Dataset | training.ArrayBatches:
     make = training.ArrayBatches if kind == "numpy" else training.make_dataset
-    return make(images, labels, **settings)
+    return make(images, labels, **{"max_shift": 0, **settings})
 
 
 def epoch_batches(ds: tf.data.Dataset | training.ArrayBatches) -> tuple[np.ndarray, np.ndarray]:
@@ -88,8 +88,8 @@ def test_dataset_yields_float_batches_covering_every_image_once(images, kind):
 
 
 def test_make_dataset_is_tf_data_under_the_tensorflow_backend(images):
-    assert isinstance(training.make_dataset(images, np.arange(100), batch_size=8, shuffle=False, seed=0, augment=()),
-                      tf.data.Dataset)  # fmt: skip
+    ds = training.make_dataset(images, np.arange(100), batch_size=8, shuffle=False, seed=0, augment=(), max_shift=0)
+    assert isinstance(ds, tf.data.Dataset)
 
 
 @pytest.mark.parametrize("kind", PIPELINES)
@@ -130,6 +130,41 @@ def test_augmentation_only_flips_and_rotates(images, augment, allowed, kind):
     assert seen == allowed
 
 
+def shifted(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """`image` moved so that output pixel (r, c) shows source pixel (r + dy, c + dx), mirrored at the borders."""
+    m = max(abs(dy), abs(dx))
+    height, width = image.shape[:2]
+    padded = np.pad(image, ((m, m), (m, m), (0, 0)), mode="reflect")
+    return padded[m + dy : m + dy + height, m + dx : m + dx + width]
+
+
+@pytest.mark.parametrize("kind", PIPELINES)
+def test_shifts_move_whole_pixels_by_up_to_max_shift_after_the_flip(images, kind):
+    ds = pipeline(kind, images, np.arange(100), batch_size=25, shuffle=True, seed=3, augment=("hflip",), max_shift=2)
+    seen = set()
+    for _ in range(3):
+        x, y = epoch_batches(ds)
+        for image, source in zip(x.astype(np.uint8), y, strict=True):
+            matches = [
+                (flip, dy, dx)
+                for flip, base in enumerate((images[source], images[source][:, ::-1]))
+                for dy in range(-2, 3)
+                for dx in range(-2, 3)
+                if np.array_equal(image, shifted(base, dy, dx))
+            ]
+            assert len(matches) == 1, f"image {source} is not one flip-and-shift of its source: {matches}"
+            seen.add(matches[0])
+    assert {flip for flip, _, _ in seen} == {0, 1}
+    assert {dy for _, dy, _ in seen} == {dx for _, _, dx in seen} == {-2, -1, 0, 1, 2}
+
+
+@pytest.mark.parametrize("kind", PIPELINES)
+@pytest.mark.parametrize("max_shift", [-1, 32])
+def test_max_shift_must_leave_part_of_the_image(images, kind, max_shift):
+    with pytest.raises(ValueError, match=rf"max_shift: must be in \[0, 32\) pixels for these images, got {max_shift}"):
+        pipeline(kind, images, np.arange(100), batch_size=8, shuffle=True, seed=0, augment=(), max_shift=max_shift)
+
+
 @pytest.mark.parametrize("kind", PIPELINES)
 def test_unknown_augmentation_is_named(images, kind):
     with pytest.raises(ValueError, match="'zoom'.*hflip"):
@@ -145,7 +180,9 @@ def test_rot90_needs_square_images(kind):
 
 def test_numpy_batches_are_a_function_of_epoch_and_index(images):
     def batches(epoch: int) -> training.ArrayBatches:
-        ds = training.ArrayBatches(images, np.arange(100), batch_size=10, shuffle=True, seed=5, augment=("hflip",))
+        ds = training.ArrayBatches(
+            images, np.arange(100), batch_size=10, shuffle=True, seed=5, augment=("hflip",), max_shift=0
+        )
         ds.set_epoch(epoch)
         return ds
 
@@ -202,7 +239,9 @@ def test_pipeline_holds_no_float32_copy_of_the_data():
 
     n = 50_000  # 150 MB as uint8; a float32 copy would add 600 MB
     big = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-    ds = training.make_dataset(big, np.zeros(n), batch_size=500, shuffle=True, seed=0, augment=("hflip", "rot90"))
+    ds = training.make_dataset(
+        big, np.zeros(n), batch_size=500, shuffle=True, seed=0, augment=("hflip", "rot90"), max_shift=0
+    )
     before = rss_mb()
     seen = sum(int(y.shape[0]) for _, y in ds)
     assert seen == n
@@ -283,7 +322,9 @@ def test_compile_classifier_picks_loss_from_output_units(images, units, loss, me
         model, optimizer=keras.optimizers.SGD(), jit_compile=False, run_eagerly=False, label_smoothing=0.0
     )
     assert isinstance(model.loss, loss)
-    ds = training.make_dataset(images, np.arange(100) % 2, batch_size=50, shuffle=False, seed=0, augment=())
+    ds = training.make_dataset(
+        images, np.arange(100) % 2, batch_size=50, shuffle=False, seed=0, augment=(), max_shift=0
+    )
     logs = model.evaluate(ds, return_dict=True, verbose=0)  # integer labels work with either loss
     assert set(logs) == {"loss", "accuracy"}
     assert type(model.metrics[-1].metrics[0]).__name__ == metric

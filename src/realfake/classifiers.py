@@ -119,15 +119,21 @@ def train_classifier(
         training.compile_classifier(
             model,
             optimizer=build_optimizer(spec, steps_per_epoch=math.ceil(len(train.labels) / spec.batch_size)),
-            jit_compile=train_params.jit_compile,
+            jit_compile=spec.jit_compile,
             run_eagerly=train_params.run_eagerly,
             label_smoothing=spec.label_smoothing,
         )
     train_ds = training.make_dataset(
-        train.images, train.labels, batch_size=spec.batch_size, shuffle=True, seed=seed, augment=spec.augment
+        train.images,
+        train.labels,
+        batch_size=spec.batch_size,
+        shuffle=True,
+        seed=seed,
+        augment=spec.augment,
+        max_shift=spec.max_shift,
     )
     val_ds = training.make_dataset(val.images, val.labels, batch_size=spec.batch_size, shuffle=False, seed=seed,
-                                   augment=())  # fmt: skip
+                                   augment=(), max_shift=0)  # fmt: skip
     log.info("training %s (%d parameters) on %d images, validating on %d", name, model.count_params(),
              len(train.labels), len(val.labels))  # fmt: skip
     result = training.fit_classifier(

@@ -151,13 +151,10 @@ class TrainParams:
     monitor: str
     monitor_mode: Literal["max", "min"]
     early_stopping_patience: int | None
-    jit_compile: Literal["auto", True, False]
     run_eagerly: bool
 
     def validate(self, key: str) -> None:
         require_positive(key, early_stopping_patience=self.early_stopping_patience)
-        if not isinstance(self.jit_compile, bool) and self.jit_compile != "auto":  # Literal lets 0 and 1 pass
-            raise ParamsError(f"{key}.jit_compile: {self.jit_compile!r} is not allowed; use auto, true or false")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,12 +168,18 @@ class _Fit:
     weight_decay: float  # decoupled weight decay per step (0 = none); BatchNorm and biases are exempt
     label_smoothing: float  # binary cross-entropy targets pulled this far towards 0.5 (one-unit models only)
     augment: tuple[str, ...]  # on the fly, per batch; the prepare stage's copies are separate
+    max_shift: int  # on the fly: random whole-pixel translations up to this far in y and x (0 = none)
+    jit_compile: Literal["auto", True, False]  # XLA for the train step; per model: it speeds some up, slows others
 
     def validate(self, key: str) -> None:
         require_positive(key, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate)
+        if not isinstance(self.jit_compile, bool) and self.jit_compile != "auto":  # Literal lets 0 and 1 pass
+            raise ParamsError(f"{key}.jit_compile: {self.jit_compile!r} is not allowed; use auto, true or false")
         require_fraction(key, label_smoothing=self.label_smoothing)
         if self.weight_decay < 0:
             raise ParamsError(f"{key}.weight_decay: must be >= 0, got {self.weight_decay}")
+        if self.max_shift < 0:
+            raise ParamsError(f"{key}.max_shift: must be >= 0 pixels, got {self.max_shift}")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ParamsError(f"{key}.warmup_epochs: must be in [0, epochs={self.epochs}), got {self.warmup_epochs}")
         for name in self.augment:

@@ -68,7 +68,7 @@ def check_augment(augment: Sequence[str]) -> tuple[str, ...]:
 
 
 def _check_inputs(
-    images: np.ndarray, labels: np.ndarray, *, batch_size: int, augment: Sequence[str]
+    images: np.ndarray, labels: np.ndarray, *, batch_size: int, augment: Sequence[str], max_shift: int
 ) -> tuple[str, ...]:
     """Refuse what neither pipeline can batch; return `augment` as a tuple."""
     augment = check_augment(augment)
@@ -80,19 +80,37 @@ def _check_inputs(
         raise ValueError(f"batch_size: must be > 0, got {batch_size}")
     if "rot90" in augment and images.shape[1] != images.shape[2]:
         raise ValueError(f"rot90 needs square images, got {images.shape[1]}x{images.shape[2]}")
+    if not 0 <= max_shift < min(images.shape[1:3]):
+        raise ValueError(
+            f"max_shift: must be in [0, {min(images.shape[1:3])}) pixels for these images, got {max_shift}"
+        )
     return augment
 
 
-def _pixel_permutations(height: int, width: int, augment: tuple[str, ...]) -> np.ndarray:
+def _pixel_permutations(height: int, width: int, augment: tuple[str, ...], max_shift: int) -> np.ndarray:
     """(T, height*width) int32: for each allowed transform, the source pixel of every output pixel.
 
-    The transforms form the dihedral subgroup that `augment` generates: hflip -> {identity, mirror},
-    rot90 -> the 4 quarter turns, both -> all 8 symmetries of the square. Only exact pixel permutations:
-    interpolating transforms would blur the high-frequency traces that tell generated images from photos.
+    The symmetries form the dihedral subgroup that `augment` generates: hflip -> {identity, mirror},
+    rot90 -> the 4 quarter turns, both -> all 8 symmetries of the square. `max_shift` > 0 follows each with every
+    whole-pixel translation by up to that many pixels in y and x, the image mirrored at its borders to fill the
+    gap. Only pixel moves: interpolating transforms would blur the high-frequency traces that tell generated images
+    from photos. Order: shifts (dy, then dx, from -max_shift up), and within each shift the symmetries.
     """
     grid = np.arange(height * width).reshape(height, width)
-    tables = [np.rot90(grid[:, ::-1] if flip else grid, k).reshape(-1) for flip, k in _symmetries(augment)]
+    symmetric = [np.rot90(grid[:, ::-1] if flip else grid, k).reshape(-1) for flip, k in _symmetries(augment)]
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    tables = []
+    for dy in range(-max_shift, max_shift + 1):
+        for dx in range(-max_shift, max_shift + 1):
+            source = (_mirror(rows + dy, height) * width + _mirror(cols + dx, width)).reshape(-1)
+            tables += [table[source] for table in symmetric]
     return np.stack(tables).astype(np.int32)
+
+
+def _mirror(position: np.ndarray, size: int) -> np.ndarray:
+    """Positions reflected back into [0, size) at the edges, the edge pixel not repeated (numpy's "reflect")."""
+    position = np.abs(position)
+    return np.where(position >= size, 2 * (size - 1) - position, position)
 
 
 def _symmetries(augment: tuple[str, ...]) -> list[tuple[bool, int]]:
@@ -110,6 +128,7 @@ def make_dataset(
     shuffle: bool,
     seed: int,
     augment: Sequence[str],
+    max_shift: int,
 ) -> tf.data.Dataset | ArrayBatches:
     """Batches of (float32 images holding 0..255, int32 labels) read from uint8 `images` of shape (N, H, W, 3):
     a tf.data pipeline under Keras' TensorFlow backend, an `ArrayBatches` under any other.
@@ -118,15 +137,24 @@ def make_dataset(
     for tf.data, TensorFlow's global seed, set by `seed_everything`). A run resumed after an interruption
     restarts that sequence of orders. Evaluation datasets use `shuffle=False, augment=()`: same order and pixels
     every time. Under a MirroredStrategy, `batch_size` is the global batch, split across replicas by Keras.
+    `augment` and `max_shift` pick each training image's random transform (see `_pixel_permutations`).
     """
+    settings = dict(batch_size=batch_size, shuffle=shuffle, seed=seed, augment=augment, max_shift=max_shift)
     if keras.backend.backend() != "tensorflow":  # checks its inputs itself
-        return ArrayBatches(images, labels, batch_size=batch_size, shuffle=shuffle, seed=seed, augment=augment)
-    augment = _check_inputs(images, labels, batch_size=batch_size, augment=augment)
-    return _tf_dataset(images, labels, batch_size=batch_size, shuffle=shuffle, seed=seed, augment=augment)
+        return ArrayBatches(images, labels, **settings)
+    settings["augment"] = _check_inputs(images, labels, batch_size=batch_size, augment=augment, max_shift=max_shift)
+    return _tf_dataset(images, labels, **settings)
 
 
 def _tf_dataset(
-    images: np.ndarray, labels: np.ndarray, *, batch_size: int, shuffle: bool, seed: int, augment: tuple[str, ...]
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    augment: tuple[str, ...],
+    max_shift: int,
 ) -> tf.data.Dataset:
     import tensorflow as tf
 
@@ -147,12 +175,12 @@ def _tf_dataset(
         batch = tf.numpy_function(take, [positions], tf.uint8, stateful=False)  # NumPy copies just the batch
         return tf.cast(tf.reshape(batch, [-1, height, width, channels]), tf.float32)
 
-    if augment:
+    if augment or max_shift:
         # Augmenting = picking each output pixel from a permuted position of its source image, so one gather
         # on the pixel rows of the whole set both reads the batch and transforms it (about 6x faster on CPU
         # than per-image flips/rotations of uint8 tensors, which TensorFlow does not vectorise well).
         pixels = images.reshape(n * height * width, channels)  # a view, not a copy
-        tables = tf.constant(_pixel_permutations(height, width, augment), dtype=tf.int64)
+        tables = tf.constant(_pixel_permutations(height, width, augment, max_shift), dtype=tf.int64)
         # One stateless seed pair per batch, fresh every epoch but reproducible from `seed`.
         seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
 
@@ -180,7 +208,8 @@ class ArrayBatches(keras.utils.PyDataset):
     which include one for building the model. Batches are gathered synchronously in Keras' loop: on a GPU the
     backend's asynchronous dispatch overlaps them with the previous step. The batch is gathered whole, then flipped
     and turned per group of images sharing a transform: on 2 busy CPU cores a 64-image batch with flips took
-    ~0.35 ms this way, against ~1.9 ms gathering every pixel through a permutation table as tf.data does.
+    ~0.35 ms this way, against ~1.9 ms gathering every pixel through a permutation table as tf.data does. With
+    shifts (`max_shift` > 0) it does gather through the tables, which hold every symmetry-and-shift combination.
     """
 
     def __init__(
@@ -192,9 +221,13 @@ class ArrayBatches(keras.utils.PyDataset):
         shuffle: bool,
         seed: int,
         augment: Sequence[str],
+        max_shift: int,
     ):
         super().__init__(workers=1, use_multiprocessing=False)
-        self._symmetries = _symmetries(_check_inputs(images, labels, batch_size=batch_size, augment=augment))
+        augment = _check_inputs(images, labels, batch_size=batch_size, augment=augment, max_shift=max_shift)
+        self._symmetries = _symmetries(augment)
+        height, width = images.shape[1:3]
+        self._tables = _pixel_permutations(height, width, augment, max_shift) if max_shift else None
         self.images = np.ascontiguousarray(images)
         self.labels = np.asarray(labels, dtype=np.int32)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
@@ -224,12 +257,16 @@ class ArrayBatches(keras.utils.PyDataset):
             raise IndexError(f"batch {index} of {len(self)}")
         idx = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         batch = self.images[idx]  # a uint8 copy of just this batch
-        if len(self._symmetries) > 1:
-            rng = np.random.default_rng([self.seed + 1, self.epoch, index])
+        rng = np.random.default_rng([self.seed + 1, self.epoch, index])
+        # One opaque element per pixel (its channels as raw bytes): NumPy then moves pixels whole, ~4x faster
+        # than flipping an axis of 3-byte channel vectors.
+        pixels = batch.view(np.dtype((np.void, batch.shape[-1])))[..., 0]  # a view: writes go to `batch`
+        if self._tables is not None:
+            choice = rng.integers(len(self._tables), size=len(idx))
+            flat = pixels.reshape(len(idx), -1)
+            flat[:] = flat[np.arange(len(idx))[:, None], self._tables[choice]]
+        elif len(self._symmetries) > 1:
             choice = rng.integers(len(self._symmetries), size=len(idx))
-            # One opaque element per pixel (its channels as raw bytes): NumPy then moves pixels whole, ~4x faster
-            # than flipping an axis of 3-byte channel vectors.
-            pixels = batch.view(np.dtype((np.void, batch.shape[-1])))[..., 0]  # a view: writes go to `batch`
             for transform in np.unique(choice):
                 flip, turns = self._symmetries[transform]
                 if flip or turns:
