@@ -39,7 +39,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -92,24 +91,19 @@ class TestCurve(keras.callbacks.Callback):
 
 class TrainingBudget(keras.callbacks.Callback):
     """Stops the fit after the last epoch that fits in `minutes` of training time, predicting the next epoch's
-    length from the one just finished (training steps only, as the summary counts them; validation excluded).
+    length from the one just finished. It reads each epoch's `train_seconds` from the logs, as
+    `training.fit_classifier`'s own tracker measured them for the summary (training steps only).
     """
 
     def __init__(self, minutes: float):
         super().__init__()
         self.budget = minutes * 60
-        self.spent = self._started = self._last = 0.0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._started, self._last = time.perf_counter(), 0.0
-
-    def on_test_begin(self, logs=None):
-        if not self._last:  # the epoch's validation pass follows its last training step
-            self._last = time.perf_counter() - self._started
+        self.spent = 0.0
 
     def on_epoch_end(self, epoch, logs=None):
-        self.spent += self._last or time.perf_counter() - self._started
-        if self.spent + self._last > self.budget:
+        last = logs["train_seconds"]
+        self.spent += last
+        if self.spent + last > self.budget:
             log.info("training budget: %.1f of %.1f min spent; the next epoch would not fit", self.spent / 60,
                      self.budget / 60)  # fmt: skip
             self.model.stop_training = True

@@ -257,6 +257,8 @@ class ArrayBatches(keras.utils.PyDataset):
             raise IndexError(f"batch {index} of {len(self)}")
         idx = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         batch = self.images[idx]  # a uint8 copy of just this batch
+        if self._tables is None and len(self._symmetries) == 1:  # no augmentation (validation, evaluation)
+            return batch.astype(np.float32), self.labels[idx]
         rng = np.random.default_rng([self.seed + 1, self.epoch, index])
         # One opaque element per pixel (its channels as raw bytes): NumPy then moves pixels whole, ~4x faster
         # than flipping an axis of 3-byte channel vectors.
@@ -265,7 +267,7 @@ class ArrayBatches(keras.utils.PyDataset):
             choice = rng.integers(len(self._tables), size=len(idx))
             flat = pixels.reshape(len(idx), -1)
             flat[:] = flat[np.arange(len(idx))[:, None], self._tables[choice]]
-        elif len(self._symmetries) > 1:
+        else:
             choice = rng.integers(len(self._symmetries), size=len(idx))
             for transform in np.unique(choice):
                 flip, turns = self._symmetries[transform]
@@ -603,11 +605,11 @@ class _Progress(keras.callbacks.Callback):
             self._t_train = self._seconds_since_epoch_start()
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
-        if self.monitor not in logs:
-            raise ValueError(f"monitor {self.monitor!r} is not among the epoch's logs: {', '.join(sorted(logs))}")
+        if self.monitor not in (logs or {}):
+            raise ValueError(f"monitor {self.monitor!r} is not among the epoch's logs: {', '.join(sorted(logs or {}))}")
         train_seconds = self._t_train or self._seconds_since_epoch_start()
         entry = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
+        logs["train_seconds"] = train_seconds  # for the callbacks after this one (fit passes them the same dict)
         entry |= {
             "train_seconds": train_seconds,
             "epoch_seconds": time.perf_counter() - self._t0,
