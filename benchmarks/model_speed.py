@@ -1,10 +1,13 @@
 """Benchmark: training images/s of candidate networks on this CPU, with and without XLA (design aid for `fast`).
 
     .venv/bin/python benchmarks/model_speed.py [--variants cnn fast vgg288 ...] [--batch 256] [--jit 0 1]
+        [--dtype-policy float32 mixed_bfloat16]
 
 Each variant trains one epoch of 20,000 random uint8 images (speed does not depend on the pixels) through
 `training.make_dataset`, after 5 untimed steps; images/s counts steps 5..end. Every (variant, jit) pair runs in a
 fresh process so no compiled function or thread pool carries over. Prints one JSON line per measurement.
+`--dtype-policy` sets Keras' global dtype policy before the model is built (mixed_bfloat16: bfloat16 compute,
+float32 weights; CPUs with AMX run bfloat16 convolutions in hardware).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ FAST_VARIANTS = {
 }
 
 
-def measure(variant: str, *, jit: bool, batch: int, images: int = 20000, warmup: int = 5) -> dict:
+def measure(variant: str, *, jit: bool, batch: int, dtype_policy: str, images: int = 20000, warmup: int = 5) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, str(REPO / "src"))
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -44,6 +47,7 @@ def measure(variant: str, *, jit: bool, batch: int, images: int = 20000, warmup:
     from realfake import models, training
 
     training.seed_everything(0)
+    keras.mixed_precision.set_global_policy(dtype_policy)
     if variant == "cnn":
         model = models.build_cnn(input_shape=(32, 32, 3), conv_filters=(32, 64), kernel_size=3, pool_size=2,
                                  dense_units=64)  # fmt: skip
@@ -63,6 +67,7 @@ def measure(variant: str, *, jit: bool, batch: int, images: int = 20000, warmup:
     return {
         "variant": variant,
         "jit_compile": jit,
+        "dtype_policy": dtype_policy,
         "batch": batch,
         "parameters": int(model.count_params()),
         "images_per_s": round(timed * batch / (ends[-1] - ends[warmup - 1])),
@@ -74,16 +79,19 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["cnn", *FAST_VARIANTS])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--jit", type=int, nargs="+", default=[0, 1], choices=[0, 1])
-    parser.add_argument("--one", nargs=2, metavar=("VARIANT", "JIT"), help=argparse.SUPPRESS)  # child mode
+    parser.add_argument("--dtype-policy", nargs="+", default=["float32"], choices=["float32", "mixed_bfloat16"])
+    parser.add_argument("--one", nargs=3, metavar=("VARIANT", "JIT", "POLICY"), help=argparse.SUPPRESS)  # child
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one[0], jit=bool(int(args.one[1])), batch=args.batch)))
+        variant, jit, policy = args.one
+        print(json.dumps(measure(variant, jit=bool(int(jit)), batch=args.batch, dtype_policy=policy)))
         return
     for variant in args.variants:
         for jit in args.jit:
-            child = [sys.executable, __file__, "--batch", str(args.batch), "--one", variant, str(jit)]
-            out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
-            print(out.strip().splitlines()[-1], flush=True)
+            for policy in args.dtype_policy:
+                child = [sys.executable, __file__, "--batch", str(args.batch), "--one", variant, str(jit), policy]
+                out = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+                print(out.strip().splitlines()[-1], flush=True)
 
 
 if __name__ == "__main__":
