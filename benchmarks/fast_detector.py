@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/fast_detector.py [--seeds 42 1 2] [--epochs N] [--batch-size N] [--per-class N]
         [--set KEY=VALUE ...] [--model NAME] [--stored-augment] [--train-minutes M]
         [--archive ../shared/data/cifake-large.zip | --raw data/raw/cifake.npz] [--output-dir benchmarks/results]
+        [--save-models models/benchmarks]
 
 Trains models.fast from params.yaml (`--epochs` overrides its epochs, the schedule laid out over them; `--batch-size`
 its batch size; `--set stage_filters=[48,96,192]` any other key of models.fast, the value read as YAML) with the
@@ -16,6 +17,7 @@ model flips on the fly). The validation split picks the best epoch, as in the pi
 the seed's full recipe. `--raw` reads the download stage's decoded arrays instead of decoding `--archive`.
 `--train-minutes M` ends a run after the last epoch that fits in M training minutes ("as many epochs as fit"),
 judged by the length of the epoch just finished; the summary records the epochs run.
+`--save-models DIR` keeps each seed's selected model, for re-scoring it later (`benchmarks/tta_shifts.py`).
 Under `KERAS_BACKEND=jax` (a GPU machine with JAX and no TensorFlow) the same code trains through JAX; the command
 recorded in the summary names the backend.
 
@@ -125,7 +127,7 @@ def load_splits(
 
 def run_seed(
     raw, params, name: str, spec, *, seed: int, per_class: int | None, augmentations: tuple[str, ...],
-    budget_minutes: float | None,
+    budget_minutes: float | None, save_to: Path | None,
 ):  # fmt: skip
     splits = load_splits(
         raw, per_class=per_class, val_fraction=params.prepare.val_fraction, augmentations=augmentations, seed=seed
@@ -137,6 +139,9 @@ def run_seed(
             name, spec, params.train, splits["train"], splits["val"], seed=seed, state_root=Path(state_root),
             extra_callbacks=[curve] + ([TrainingBudget(budget_minutes)] if budget_minutes else []),
         )  # fmt: skip
+    if save_to:
+        save_to.mkdir(parents=True, exist_ok=True)
+        result.model.save(save_to / f"{name}_seed{seed}.keras")
     test = splits["test"]
     p_fake = evaluation.p_fake(evaluation.predict_proba(result.model, test.images, batch_size=ev.batch_size))
     report = evaluation.binary_report(
@@ -182,9 +187,10 @@ def earlier_runs(summary: Path, *, setup: dict, replaced: list[int]) -> list[dic
 
 
 def _comparable(setup: dict) -> dict:
-    # Summaries written before these keys existed trained with space_to_depth 1, on every usable image with no
-    # stored copies, and under TensorFlow unless their machine line names JAX (the first GPU runs).
-    model = {"space_to_depth": 1, **setup["model"]}
+    # Summaries written before these keys existed trained with space_to_depth 1, scored without test-time shifts,
+    # on every usable image with no stored copies, and under TensorFlow unless their machine line names JAX (the
+    # first GPU runs).
+    model = {"space_to_depth": 1, "tta_max_shift": 0, **setup["model"]}
     backend = "jax" if " on jax " in setup.get("machine", "") else "tensorflow"
     return {
         "model": {k: v for k, v in model.items() if k != "max_parameters"},  # a check on the network, not a setting
@@ -219,6 +225,8 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, help="train+val images per class; default: all usable")
     parser.add_argument("--output-dir", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="fast_detector", help="folder of the output files in --output-dir")
+    parser.add_argument("--save-models", type=Path, metavar="DIR",
+                        help="also save each seed's selected model as DIR/<name>/<model>_seed<S>.keras")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -251,7 +259,7 @@ def main() -> None:
     for seed in args.seeds:
         summary, curve = run_seed(
             raw, params, args.model, spec, seed=seed, per_class=args.per_class, augmentations=augmentations,
-            budget_minutes=args.train_minutes,
+            budget_minutes=args.train_minutes, save_to=args.save_models and args.save_models / args.name,
         )  # fmt: skip
         runs.append({**summary, "command": command, "machine": machine()})
         document = {

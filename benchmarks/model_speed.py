@@ -52,7 +52,7 @@ def measure(variant: str, *, jit: bool, batch: int, dtype_policy: str, images: i
         model = models.build_cnn(input_shape=(32, 32, 3), conv_filters=(32, 64), kernel_size=3, pool_size=2,
                                  dense_units=64)  # fmt: skip
     else:
-        model = models.build_fast(input_shape=(32, 32, 3), dropout=0.1, flip_tta=False, seed=0,
+        model = models.build_fast(input_shape=(32, 32, 3), dropout=0.1, flip_tta=False, tta_max_shift=0, seed=0,
                                   **FAST_VARIANTS[variant])  # fmt: skip
     training.compile_classifier(model, optimizer=keras.optimizers.Adam(), jit_compile=jit, run_eagerly=False,
                                 label_smoothing=0.0)  # fmt: skip

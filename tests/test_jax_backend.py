@@ -27,8 +27,8 @@ labels = (images.mean(axis=(1, 2, 3)) > 127.5).astype(np.int64)
 names = ("REAL", "FAKE")
 spec = FastParams(architecture="fast", epochs=2, batch_size=16, optimizer="adamw", learning_rate=0.003,
                   schedule="warmup_cosine", warmup_epochs=0.5, weight_decay=0.05, label_smoothing=0.1,
-                  augment=("hflip",), space_to_depth=2, stage_filters=(8, 16), convs_per_stage=1, dropout=0.1,
-                  flip_tta=True, max_parameters=100000, jit_compile="auto")
+                  augment=("hflip",), max_shift=1, space_to_depth=2, stage_filters=(8, 16), convs_per_stage=1,
+                  dropout=0.1, flip_tta=True, tta_max_shift=1, max_parameters=100000, jit_compile="auto")
 train_params = TrainParams(strategy="auto", monitor="val_accuracy", monitor_mode="max",
                            early_stopping_patience=None, run_eagerly=False)
 result, _ = classifiers.train_classifier(

@@ -11,8 +11,12 @@ import tensorflow as tf
 from realfake.errors import ParamsError, WeightsUnavailableError
 from realfake.models import (
     DCGAN,
+    FlipTTAMean,
+    FlipTTAStack,
     ResNetPreprocess,
     SpaceToDepth,
+    TTAMean,
+    TTAViews,
     build_cnn,
     build_discriminator,
     build_efficientnet,
@@ -54,11 +58,17 @@ def no_network(monkeypatch, tmp_path) -> None:
 # ----------------------------------------------------------------------------- the fast detector
 
 
-def fast(flip_tta: bool, space_to_depth: int = 1) -> keras.Model:
+def fast(flip_tta: bool, space_to_depth: int = 1, tta_max_shift: int = 0) -> keras.Model:
     return build_fast(
         input_shape=SHAPE, stage_filters=(8, 16, 32), convs_per_stage=2, space_to_depth=space_to_depth, dropout=0.1,
-        flip_tta=flip_tta, seed=0,
+        flip_tta=flip_tta, tta_max_shift=tta_max_shift, seed=0,
     )  # fmt: skip
+
+
+def shifted(x: np.ndarray, dy: int, dx: int, pad: int) -> np.ndarray:
+    """`x` moved by whole pixels, the borders filled by mirroring (edge pixel not repeated), written plainly."""
+    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    return padded[:, pad + dy : pad + dy + x.shape[1], pad + dx : pad + dx + x.shape[2]]
 
 
 def test_fast_keeps_full_resolution_first_and_has_one_sigmoid_output():
@@ -79,6 +89,30 @@ def test_flip_tta_equals_averaging_predictions_on_mirrored_copies_by_hand(tmp_pa
     assert not np.allclose(plain.predict(x, verbose=0), by_hand)  # the mirror really changes the scores
     loaded = assert_roundtrip(with_tta, tmp_path, x)  # safe mode: the layers are registered
     np.testing.assert_allclose(loaded.predict(x, verbose=0), by_hand, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_shift_tta_equals_averaging_predictions_on_shifted_copies_by_hand(tmp_path, flip):
+    with_tta, plain = fast(flip_tta=flip, tta_max_shift=1), fast(flip_tta=False)
+    plain.set_weights(with_tta.get_weights())
+    x = pixels(5)
+    sources = [x, x[:, :, ::-1]] if flip else [x]
+    copies = [shifted(image, dy, dx, pad=1) for image in sources for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    assert len(copies) == with_tta.get_layer("tta_views").views == (18 if flip else 9)
+    by_hand = np.mean([plain.predict(copy, verbose=0) for copy in copies], axis=0)
+    np.testing.assert_allclose(with_tta.predict(x, verbose=0), by_hand, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(plain.predict(x, verbose=0), by_hand)  # the shifts really change the scores
+    loaded = assert_roundtrip(with_tta, tmp_path, x)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), by_hand, rtol=1e-5, atol=1e-6)
+
+
+def test_models_saved_with_the_earlier_flip_tta_layers_still_load_and_score_alike(tmp_path):
+    current = fast(flip_tta=True)
+    body = [layer for layer in current.layers if not isinstance(layer, TTAViews | TTAMean)]
+    earlier = keras.Sequential([keras.Input(shape=SHAPE), FlipTTAStack(), *body, FlipTTAMean()])
+    x = pixels(4)
+    loaded = assert_roundtrip(earlier, tmp_path, x)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), current.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
 def test_fast_with_space_to_depth_convolves_every_pixel_at_half_resolution(tmp_path):
@@ -104,12 +138,13 @@ def test_fast_refuses_a_block_size_that_does_not_divide_the_image():
         fast(flip_tta=False, space_to_depth=3)
 
 
-def test_flip_tta_layers_are_identity_while_training():
-    with_tta = fast(flip_tta=True)
+@pytest.mark.parametrize(("flip", "max_shift", "views"), [(True, 0, 2), (True, 1, 18), (False, 2, 25)])
+def test_tta_layers_are_identity_while_training(flip, max_shift, views):
+    with_tta = fast(flip_tta=flip, tta_max_shift=max_shift)
     x = pixels(4)
     features = keras.Model(with_tta.inputs[0], with_tta.get_layer("relu3_2").output)
     assert features(x, training=True).shape[0] == 4
-    assert features(x, training=False).shape[0] == 8  # inference appends the mirrored images
+    assert features(x, training=False).shape[0] == 4 * views  # inference scores every view of every image
 
 
 # ----------------------------------------------------------------------------- custom layers

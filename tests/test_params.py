@@ -58,6 +58,10 @@ def test_repo_params_are_valid():
         ),
         (lambda p: p["train"].update(jit_compile=True), r"train: unknown key\(s\) jit_compile"),
         (lambda p: p["models"]["fast"].update(max_shift=-1), r"models.fast.max_shift: must be >= 0 pixels, got -1"),
+        (
+            lambda p: p["models"]["fast"].update(tta_max_shift=-1),
+            r"models.fast.tta_max_shift: must be >= 0 pixels \(0 = no shifted views\), got -1",
+        ),
     ],
 )
 def test_bad_values_are_named(tmp_path, mutate, message):

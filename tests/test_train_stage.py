@@ -64,6 +64,9 @@ def test_repo_fast_model_fits_its_parameter_budget(tmp_path):
     odd_block = dataclasses.replace(spec, space_to_depth=3)
     with pytest.raises(ParamsError, match="models.fast.space_to_depth: 3 does not divide the 32x32 images"):
         build_classifier("fast", odd_block, input_shape=(32, 32, 3), num_classes=2, seed=0)
+    far_shift = dataclasses.replace(spec, tta_max_shift=32)
+    with pytest.raises(ParamsError, match="models.fast.tta_max_shift: 32 px does not fit the 32x32 images"):
+        build_classifier("fast", far_shift, input_shape=(32, 32, 3), num_classes=2, seed=0)
 
 
 def test_cnn_cannot_have_three_classes(tmp_path):
@@ -80,7 +83,7 @@ def test_fast_model_trains_through_the_stage(tmp_path, mlflow_uri):
     summary = json.loads((tmp_path / "metrics/train/fast.json").read_text())
     assert summary["epochs_run"] == 1 and summary["train_images"] == 64
     model = load_model(tmp_path / "models/fast.keras", rebuild_with="x")
-    assert [type(layer).__name__ for layer in (model.layers[0], model.layers[-1])] == ["FlipTTAStack", "FlipTTAMean"]
+    assert [type(layer).__name__ for layer in (model.layers[0], model.layers[-1])] == ["TTAViews", "TTAMean"]
 
 
 def test_saved_model_is_an_inference_artifact_without_optimizer_state(tmp_path):

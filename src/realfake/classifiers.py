@@ -53,9 +53,15 @@ def build_classifier(
                 f"{key}.space_to_depth: {spec.space_to_depth} does not divide the {input_shape[0]}x{input_shape[1]} "
                 "images; use a divisor of the image size (1 turns it off)"
             )
+        if spec.tta_max_shift >= min(input_shape[:2]):
+            raise ParamsError(
+                f"{key}.tta_max_shift: {spec.tta_max_shift} px does not fit the {input_shape[0]}x{input_shape[1]} "
+                "images; use fewer pixels than the image side"
+            )
         model = models.build_fast(
             input_shape=input_shape, stage_filters=spec.stage_filters, convs_per_stage=spec.convs_per_stage,
-            space_to_depth=spec.space_to_depth, dropout=spec.dropout, flip_tta=spec.flip_tta, seed=seed,
+            space_to_depth=spec.space_to_depth, dropout=spec.dropout, flip_tta=spec.flip_tta,
+            tta_max_shift=spec.tta_max_shift, seed=seed,
         )  # fmt: skip
         if model.count_params() > spec.max_parameters:
             raise ParamsError(

@@ -231,6 +231,7 @@ class FastParams(_Fit):
     space_to_depth: int  # block size moved into channels before the first conv; 1 = none
     dropout: float
     flip_tta: bool
+    tta_max_shift: int  # test-time: also average over whole-pixel shifts up to this far (0 = none)
     max_parameters: int  # the factory refuses a network larger than this budget
 
     def validate(self, key: str) -> None:
@@ -242,6 +243,10 @@ class FastParams(_Fit):
         )  # fmt: skip
         if not self.stage_filters or min(self.stage_filters) <= 0:
             raise ParamsError(f"{key}.stage_filters: list at least one positive width, got {list(self.stage_filters)}")
+        if self.tta_max_shift < 0:
+            raise ParamsError(
+                f"{key}.tta_max_shift: must be >= 0 pixels (0 = no shifted views), got {self.tta_max_shift}"
+            )
 
 
 ARCHITECTURES = {"cnn": CnnParams, "efficientnet": EfficientNetParams, "resnet50": ResNetParams, "fast": FastParams}

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 from realfake.params import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, STRATEGIES
+from realfake.transforms import pixel_permutations, symmetries
 
 logger = logging.getLogger(__name__)
 
@@ -87,39 +88,6 @@ def _check_inputs(
     return augment
 
 
-def _pixel_permutations(height: int, width: int, augment: tuple[str, ...], max_shift: int) -> np.ndarray:
-    """(T, height*width) int32: for each allowed transform, the source pixel of every output pixel.
-
-    The symmetries form the dihedral subgroup that `augment` generates: hflip -> {identity, mirror},
-    rot90 -> the 4 quarter turns, both -> all 8 symmetries of the square. `max_shift` > 0 follows each with every
-    whole-pixel translation by up to that many pixels in y and x, the image mirrored at its borders to fill the
-    gap. Only pixel moves: interpolating transforms would blur the high-frequency traces that tell generated images
-    from photos. Order: shifts (dy, then dx, from -max_shift up), and within each shift the symmetries.
-    """
-    grid = np.arange(height * width).reshape(height, width)
-    symmetric = [np.rot90(grid[:, ::-1] if flip else grid, k).reshape(-1) for flip, k in _symmetries(augment)]
-    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    tables = []
-    for dy in range(-max_shift, max_shift + 1):
-        for dx in range(-max_shift, max_shift + 1):
-            source = (_mirror(rows + dy, height) * width + _mirror(cols + dx, width)).reshape(-1)
-            tables += [table[source] for table in symmetric]
-    return np.stack(tables).astype(np.int32)
-
-
-def _mirror(position: np.ndarray, size: int) -> np.ndarray:
-    """Positions reflected back into [0, size) at the edges, the edge pixel not repeated (numpy's "reflect")."""
-    position = np.abs(position)
-    return np.where(position >= size, 2 * (size - 1) - position, position)
-
-
-def _symmetries(augment: tuple[str, ...]) -> list[tuple[bool, int]]:
-    """(mirror first, quarter turns) of each transform in the group `augment` generates (identity first)."""
-    flips = (False, True) if "hflip" in augment else (False,)
-    turns = range(4) if "rot90" in augment else (0,)
-    return [(flip, k) for flip in flips for k in turns]
-
-
 def make_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -137,7 +105,7 @@ def make_dataset(
     for tf.data, TensorFlow's global seed, set by `seed_everything`). A run resumed after an interruption
     restarts that sequence of orders. Evaluation datasets use `shuffle=False, augment=()`: same order and pixels
     every time. Under a MirroredStrategy, `batch_size` is the global batch, split across replicas by Keras.
-    `augment` and `max_shift` pick each training image's random transform (see `_pixel_permutations`).
+    `augment` and `max_shift` pick each training image's random transform (see `transforms.pixel_permutations`).
     """
     settings = dict(batch_size=batch_size, shuffle=shuffle, seed=seed, augment=augment, max_shift=max_shift)
     if keras.backend.backend() != "tensorflow":  # checks its inputs itself
@@ -180,7 +148,7 @@ def _tf_dataset(
         # on the pixel rows of the whole set both reads the batch and transforms it (about 6x faster on CPU
         # than per-image flips/rotations of uint8 tensors, which TensorFlow does not vectorise well).
         pixels = images.reshape(n * height * width, channels)  # a view, not a copy
-        tables = tf.constant(_pixel_permutations(height, width, augment, max_shift), dtype=tf.int64)
+        tables = tf.constant(pixel_permutations(height, width, augment, max_shift), dtype=tf.int64)
         # One stateless seed pair per batch, fresh every epoch but reproducible from `seed`.
         seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
 
@@ -225,9 +193,9 @@ class ArrayBatches(keras.utils.PyDataset):
     ):
         super().__init__(workers=1, use_multiprocessing=False)
         augment = _check_inputs(images, labels, batch_size=batch_size, augment=augment, max_shift=max_shift)
-        self._symmetries = _symmetries(augment)
+        self._symmetries = symmetries(augment)
         height, width = images.shape[1:3]
-        self._tables = _pixel_permutations(height, width, augment, max_shift) if max_shift else None
+        self._tables = pixel_permutations(height, width, augment, max_shift) if max_shift else None
         self.images = np.ascontiguousarray(images)
         self.labels = np.asarray(labels, dtype=np.int32)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed

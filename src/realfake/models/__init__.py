@@ -9,7 +9,7 @@ from realfake.models.dcgan import (
     generated_to_uint8,
 )
 from realfake.models.fast import build_fast
-from realfake.models.layers import FlipTTAMean, FlipTTAStack, ResNetPreprocess, SpaceToDepth
+from realfake.models.layers import FlipTTAMean, FlipTTAStack, ResNetPreprocess, SpaceToDepth, TTAMean, TTAViews
 from realfake.models.transfer import build_efficientnet, build_resnet50, fetch_weights, keras_models_dir
 
 __all__ = [
@@ -18,6 +18,8 @@ __all__ = [
     "FlipTTAStack",
     "ResNetPreprocess",
     "SpaceToDepth",
+    "TTAMean",
+    "TTAViews",
     "build_cnn",
     "build_discriminator",
     "build_efficientnet",

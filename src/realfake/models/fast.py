@@ -5,7 +5,7 @@ dropped before the first convolution has seen it: either the first stage convolv
 lossless space-to-depth rearrangement hands every pixel of each 2x2 block to it as channels (4x fewer positions,
 so wider layers for the same time); downsampling after that is max pooling, never a strided conv that could skip
 pixels. BatchNorm after every convolution lets a high learning rate train it in few epochs; global
-average pooling keeps the head small. Optional flip test-time augmentation lives inside the saved model.
+average pooling keeps the head small. Optional test-time augmentation (flips, shifts) lives inside the saved model.
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-from realfake.models.layers import FlipTTAMean, FlipTTAStack, SpaceToDepth
+from realfake.models.layers import SpaceToDepth, TTAMean, TTAViews
 
 
 def build_fast(
@@ -24,6 +24,7 @@ def build_fast(
     space_to_depth: int,
     dropout: float,
     flip_tta: bool,
+    tta_max_shift: int,
     seed: int,
 ) -> keras.Model:
     """Rescale to [-1, 1]; with `space_to_depth` > 1, rearrange each block of that many pixels squared into
@@ -31,7 +32,9 @@ def build_fast(
     stages; global average pool, dropout, Dense(1, sigmoid) = P(fake).
 
     Takes uint8-valued pixels 0..255. With `flip_tta`, inference (not training) scores every image and its
-    mirror image in one batch and averages the two probabilities; the layers are identity while training.
+    mirror image in one batch and averages the probabilities; with `tta_max_shift` > 0 also every whole-pixel
+    shift of them up to that far (borders mirrored, as training's `max_shift`): (2 * tta_max_shift + 1)^2 times
+    the inference work. The TTA layers are the identity while training.
     """
     height, width, _ = input_shape
     if space_to_depth < 1 or height % space_to_depth or width % space_to_depth:
@@ -54,5 +57,8 @@ def build_fast(
         layers.Dropout(dropout, seed=seed),
         layers.Dense(1, activation="sigmoid", name="p_fake"),
     ]
-    stack, mean = ([FlipTTAStack()], [FlipTTAMean()]) if flip_tta else ([], [])
+    stack, mean = [], []
+    if flip_tta or tta_max_shift:
+        views = TTAViews(flip=flip_tta, max_shift=tta_max_shift, name="tta_views")
+        stack, mean = [views], [TTAMean(views.views, name="tta_mean")]
     return keras.Sequential([keras.Input(shape=input_shape), *stack, *body, *head, *mean], name="fast")

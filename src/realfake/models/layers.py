@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from realfake.transforms import pixel_permutations
+
 # ImageNet channel means in BGR order, as `keras.applications.resnet50.preprocess_input` ("caffe" mode) uses.
 IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
 
@@ -30,6 +32,55 @@ class InferenceOnly(keras.layers.Layer):
         return input_shape
 
 
+@keras.saving.register_keras_serializable(package="realfake")
+class TTAViews(InferenceOnly):
+    """Test-time augmentation, first half: at inference, replace a batch of N images by `views` transformed copies
+    of it, view after view (N -> views * N). The views: each image, its mirror image if `flip`, each of them under
+    every whole-pixel shift up to `max_shift` in y and x with the borders mirrored (training's own pixel moves,
+    `transforms.pixel_permutations`). Pair it with `TTAMean(views)` at the end of the same chain of per-image
+    layers. The copies are made inside the model, batch by batch: no caller ever holds them.
+    """
+
+    def __init__(self, flip: bool, max_shift: int, **kwargs):
+        super().__init__(**kwargs)
+        self.flip, self.max_shift = flip, max_shift
+        self.views = (2 if flip else 1) * (2 * max_shift + 1) ** 2
+
+    def call(self, inputs, training=None):
+        if training:
+            return inputs
+        _, height, width, channels = inputs.shape
+        tables = pixel_permutations(height, width, ("hflip",) if self.flip else (), self.max_shift)
+        pixels = ops.reshape(inputs, (-1, height * width, channels))
+        copies = ops.take(pixels, ops.convert_to_tensor(tables), axis=1)  # (N, views, H*W, C)
+        return ops.reshape(ops.transpose(copies, (1, 0, 2, 3)), (-1, height, width, channels))
+
+    def get_config(self):
+        return {**super().get_config(), "flip": self.flip, "max_shift": self.max_shift}
+
+
+@keras.saving.register_keras_serializable(package="realfake")
+class TTAMean(InferenceOnly):
+    """Test-time augmentation, second half: at inference, average each image's outputs over its `views` copies
+    (views * N -> N). Everything between the two halves must treat images independently (BatchNorm does at
+    inference).
+    """
+
+    def __init__(self, views: int, **kwargs):
+        super().__init__(**kwargs)
+        self.views = views
+
+    def call(self, inputs, training=None):
+        if training:
+            return inputs
+        per_view = ops.reshape(inputs, (self.views, -1, *inputs.shape[1:]))
+        return ops.mean(per_view, axis=0)
+
+    def get_config(self):
+        return {**super().get_config(), "views": self.views}
+
+
+# Models saved before TTAViews/TTAMean existed hold these two (flip only); kept so those files still load.
 @keras.saving.register_keras_serializable(package="realfake")
 class FlipTTAStack(InferenceOnly):
     """Flip test-time augmentation, first half: at inference, append the mirror image of every image to the
