@@ -40,17 +40,19 @@ from realfake.params import load_model_params, load_params
 log = logging.getLogger("tta_shifts")
 
 
-def score(model: keras.Model, split, *, batch_size: int, threshold: float) -> tuple[dict, float]:
-    """Accuracy and AUC of `model` on `split`, and the seconds inference took."""
+def timed_p_fake(model: keras.Model, images, *, batch_size: int) -> tuple:
+    """P(fake) of every image, and the seconds inference took."""
     start = time.perf_counter()
-    p_fake = evaluation.p_fake(evaluation.predict_proba(model, split.images, batch_size=batch_size))
-    seconds = time.perf_counter() - start
+    p_fake = evaluation.p_fake(evaluation.predict_proba(model, images, batch_size=batch_size))
+    return p_fake, time.perf_counter() - start
+
+
+def accuracy_and_auc(labels, p_fake, *, threshold: float) -> dict:
     predicted = evaluation.binary_predictions(p_fake, threshold=threshold)
     return {
-        "accuracy": round(float((predicted == split.labels).mean()), 5),
-        "roc_auc": round(float(roc_auc_score(split.labels == 1, p_fake)), 6),
-        "p_fake": p_fake,
-    }, seconds
+        "accuracy": round(float((predicted == labels).mean()), 5),
+        "roc_auc": round(float(roc_auc_score(labels == 1, p_fake)), 6),
+    }
 
 
 def main() -> None:
@@ -88,18 +90,17 @@ def main() -> None:
                 num_classes=2, seed=seed,
             )  # fmt: skip
             model.set_weights(trained.get_weights())  # the TTA layers hold no weights: the same network
-            val, _ = score(model, splits["val"], batch_size=ev.batch_size, threshold=ev.threshold)
-            test, seconds = score(model, splits["test"], batch_size=ev.batch_size, threshold=ev.threshold)
-            if max_shift == 0 and abs(test["accuracy"] - recorded["test"]["accuracy"]) > 1e-4:
-                raise SystemExit(f"seed {seed}: rebuilt network scores {test['accuracy']} on test, the run recorded "
-                                 f"{recorded['test']['accuracy']}: not the same model or split")  # fmt: skip
+            val_p_fake, _ = timed_p_fake(model, splits["val"].images, batch_size=ev.batch_size)
+            val = accuracy_and_auc(splits["val"].labels, val_p_fake, threshold=ev.threshold)
+            test_p_fake, seconds = timed_p_fake(model, splits["test"].images, batch_size=ev.batch_size)
             report = evaluation.binary_report(
-                splits["test"].labels, test.pop("p_fake"), threshold=ev.threshold,
-                class_names=splits["test"].class_names, n_bootstrap=ev.n_bootstrap, confidence=ev.confidence,
-                seed=seed,
+                splits["test"].labels, test_p_fake, threshold=ev.threshold, class_names=splits["test"].class_names,
+                n_bootstrap=ev.n_bootstrap, confidence=ev.confidence, seed=seed,
             )  # fmt: skip
+            if max_shift == 0 and abs(report["accuracy"] - recorded["test"]["accuracy"]) > 1e-4:
+                raise SystemExit(f"seed {seed}: rebuilt network scores {report['accuracy']} on test, the run "
+                                 f"recorded {recorded['test']['accuracy']}: not the same model or split")  # fmt: skip
             views = model.get_layer("tta_views").views if max_shift or spec.flip_tta else 1
-            val.pop("p_fake")
             results.append({
                 "seed": seed, "tta_max_shift": max_shift, "views": views, "val": val,
                 "test": {k: report[k] for k in ("n", "accuracy", "accuracy_ci", "roc_auc", "roc_auc_ci")},

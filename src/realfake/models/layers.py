@@ -46,13 +46,17 @@ class TTAViews(InferenceOnly):
         self.flip, self.max_shift = flip, max_shift
         self.views = (2 if flip else 1) * (2 * max_shift + 1) ** 2
 
+    def build(self, input_shape):
+        _, height, width, _ = input_shape
+        self._tables = pixel_permutations(height, width, ("hflip",) if self.flip else (), self.max_shift)
+        super().build(input_shape)
+
     def call(self, inputs, training=None):
         if training:
             return inputs
         _, height, width, channels = inputs.shape
-        tables = pixel_permutations(height, width, ("hflip",) if self.flip else (), self.max_shift)
         pixels = ops.reshape(inputs, (-1, height * width, channels))
-        copies = ops.take(pixels, ops.convert_to_tensor(tables), axis=1)  # (N, views, H*W, C)
+        copies = ops.take(pixels, ops.convert_to_tensor(self._tables), axis=1)  # (N, views, H*W, C)
         return ops.reshape(ops.transpose(copies, (1, 0, 2, 3)), (-1, height, width, channels))
 
     def get_config(self):
@@ -80,30 +84,27 @@ class TTAMean(InferenceOnly):
         return {**super().get_config(), "views": self.views}
 
 
-# Models saved before TTAViews/TTAMean existed hold these two (flip only); kept so those files still load.
+# Models saved before TTAViews/TTAMean existed name these two (flip only, no config); kept so those files load.
 @keras.saving.register_keras_serializable(package="realfake")
-class FlipTTAStack(InferenceOnly):
-    """Flip test-time augmentation, first half: at inference, append the mirror image of every image to the
-    batch (N -> 2N). Pair it with `FlipTTAMean` at the end of the same chain of per-image layers.
-    """
+class FlipTTAStack(TTAViews):
+    """`TTAViews(flip=True, max_shift=0)`: each image, then its mirror image (N -> 2N)."""
 
-    def call(self, inputs, training=None):
-        if training:
-            return inputs
-        return ops.concatenate([inputs, ops.flip(inputs, axis=2)], axis=0)
+    def __init__(self, **kwargs):
+        super().__init__(flip=True, max_shift=0, **kwargs)
+
+    def get_config(self):
+        return InferenceOnly.get_config(self)
 
 
 @keras.saving.register_keras_serializable(package="realfake")
-class FlipTTAMean(InferenceOnly):
-    """Flip test-time augmentation, second half: at inference, average each image's output with its mirror's
-    (2N -> N). Everything between the two halves must treat images independently (BatchNorm does at inference).
-    """
+class FlipTTAMean(TTAMean):
+    """`TTAMean(views=2)`: each image's output averaged with its mirror's (2N -> N)."""
 
-    def call(self, inputs, training=None):
-        if training:
-            return inputs
-        original, mirrored = ops.split(inputs, 2, axis=0)
-        return (original + mirrored) / 2
+    def __init__(self, **kwargs):
+        super().__init__(views=2, **kwargs)
+
+    def get_config(self):
+        return InferenceOnly.get_config(self)
 
 
 @keras.saving.register_keras_serializable(package="realfake")
