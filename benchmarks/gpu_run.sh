@@ -4,8 +4,9 @@
 # JAX backend (`training.ArrayBatches` replaces tf.data); everything else is the library's code path.
 #
 # Prepare here: `make gpu-prep` (wheels into .whl/, the packed archive into .gpu/; both git-ignored).
-# Run there (device tool, carry .whl and .gpu):  bash benchmarks/gpu_run.sh [fast_default cnn fast_wide resnet50 efficientnet]
-# Results: $OUT/results.tar.gz (one folder per step, as benchmarks/fast_detector.py writes them, plus its log).
+# Run there (device tool, carry .whl and .gpu):  bash benchmarks/gpu_run.sh [STEP ...] (the steps are listed below)
+# Results: $OUT/results.tar.gz (one folder per step, as benchmarks/fast_detector.py writes them, plus its log). A
+# step that saves its model (--save-models) is then re-scored with test-time shifts (benchmarks/tta_shifts.py).
 # Each step is cut at its time limit so that one slow model cannot eat the others' share of the lease; a step cut
 # short leaves its per-epoch log lines (validation and test accuracy, seconds) in its .log.
 # Local rehearsal on CPU: SKIP_WHEELS=1 RAW=<npz> SMOKE_ARGS="--per-class 300 --epochs 1" OUT=/tmp/o bash ...
@@ -39,6 +40,7 @@ fi
 [ "$KERAS_BACKEND" = jax ] && python3 -m pytest -q -p no:cacheprovider tests/test_jax_backend.py
 
 RAW=${RAW:-/tmp/cifake-large.npz}
+MODELS=${MODELS:-/tmp/gpu_models}  # saved models stay on the machine (too large to come back)
 if [ ! -f "$RAW" ]; then
   python3 benchmarks/ship_archive.py unpack .gpu/cifake-large.jpgs.xz /tmp/cifake-large.zip || exit 1
   python3 benchmarks/ship_archive.py decode /tmp/cifake-large.zip "$RAW" 2>/dev/null || exit 1
@@ -55,25 +57,42 @@ step() {  # step NAME SECONDS ARGS...
   tar -czf "$OUT/results.tar.gz" -C "$RES" .
 }
 
+shifts() {  # shifts NAME SECONDS: re-score NAME's saved model with test-time shifts (benchmarks/tta_shifts.py)
+  local name=$1 limit=$2
+  say "test-time shifts for $name (limit ${limit}s)"
+  timeout "$limit" python3 benchmarks/tta_shifts.py --raw "$RAW" --output-dir "$RES" --models-dir "$MODELS" \
+    --name "$name" --tta-max-shifts 0 1 >"$RES/$name.shifts.log" 2>&1
+  say "test-time shifts for $name: exit $?"
+  grep -E "tta_max_shift [0-9]+:|Error|error:" "$RES/$name.shifts.log" | cut -c1-220 | tail -4
+  tar -czf "$OUT/results.tar.gz" -C "$RES" .
+}
+
 # name -> limit (seconds) and arguments; `bash benchmarks/gpu_run.sh [NAME ...]` runs those (default: the first
 # three, which with the setup fit one 10-minute command; ResNet50 needs ~5.5 min for 20 epochs on an H200,
 # EfficientNetV2B3 ~1 min for its first epoch alone: give each a command of its own).
-declare -A LIMIT=([fast_default]=95 [cnn]=65 [fast_wide]=120 [resnet50]=360 [efficientnet]=590)
+declare -A LIMIT=([fast_default]=95 [cnn]=65 [fast_wide]=120 [resnet50]=360 [efficientnet]=590
+  [fast_wide_shift2]=190 [fast_deep_shift2]=280)
+WIDE="--seeds 42 --batch-size 128 --set stage_filters=[128,256,512]"  # then --set's other KEY=VALUEs
 declare -A ARGS=(
   [fast_default]="--seeds 42"
   [cnn]="--model cnn --per-class 25000 --stored-augment --seeds 42"
-  [fast_wide]="--seeds 42 --epochs 30 --batch-size 128 --set stage_filters=[128,256,512] max_parameters=3000000"
+  [fast_wide]="--epochs 30 $WIDE max_parameters=3000000"
+  [fast_wide_shift2]="--epochs 40 --train-minutes 2.3 --save-models $MODELS $WIDE max_parameters=3000000 max_shift=2"
+  [fast_deep_shift2]="--epochs 40 --train-minutes 3.4 --save-models $MODELS $WIDE max_parameters=5000000 max_shift=2
+    convs_per_stage=2"
   [resnet50]="--model resnet50 --set weights=null --per-class 25000 --stored-augment --seeds 42"
   [efficientnet]="--model efficientnet --set weights=null --per-class 25000 --stored-augment --seeds 42"
 )
 declare -A NAME=([fast_default]=gpu_fast_default [cnn]=gpu_cnn_seed_recipe [fast_wide]=gpu_fast_wide_30epochs
-  [resnet50]=gpu_resnet50_seed_recipe [efficientnet]=gpu_efficientnet_seed_recipe)
+  [resnet50]=gpu_resnet50_seed_recipe [efficientnet]=gpu_efficientnet_seed_recipe
+  [fast_wide_shift2]=gpu_fast_wide_40epochs_shift2 [fast_deep_shift2]=gpu_fast_deep_40epochs_shift2)
 set -f  # the arguments hold [..] lists, not file patterns
 for key in "${@:-fast_default cnn fast_wide}"; do
   for k in $key; do
     [ -n "${LIMIT[$k]:-}" ] || { say "unknown step $k; steps: ${!LIMIT[*]}"; exit 2; }
     # shellcheck disable=SC2086  # the arguments are words on purpose
     step "${NAME[$k]}" "${LIMIT[$k]}" ${ARGS[$k]}
+    case "${ARGS[$k]}" in *--save-models*) shifts "${NAME[$k]}" 60 ;; esac
   done
 done
 say done

@@ -1,7 +1,8 @@
 """Benchmark: test-time augmentation over whole-pixel shifts, on fast detectors that are already trained.
 
     .venv/bin/python benchmarks/tta_shifts.py --name fast_detector_s2d_24epochs_b64_shift2_tta
-        [--tta-max-shifts 0 1 2] [--models-dir models/benchmarks] [--archive ../shared/data/cifake-large.zip]
+        [--tta-max-shifts 0 1 2] [--models-dir models/benchmarks]
+        [--archive ../shared/data/cifake-large.zip | --raw data/raw/cifake.npz] [--output-dir benchmarks/results]
 
 Reads the models that `fast_detector.py --save-models DIR --name NAME` saved (one per seed, each the epoch the
 validation split selected) and that run's summary.json. Each model's weights go into the same network built
@@ -12,7 +13,7 @@ the summary's training minutes still hold.
 Every setting is scored on the seed's own validation split (rebuilt from the archive with the run's seed, as the
 run carved it) and on the archive's whole test split. The validation accuracy is what chooses a setting; the test
 scores, with bootstrap confidence intervals (`evaluate` params), only report it. With shift 0 the rebuilt network
-must reproduce the saved model's test accuracy: the script checks it before anything else.
+must reproduce the saved model's test accuracy (to 2 images): the script checks it before anything else.
 
 Writes <output-dir>/<name>/tta_shifts.json: per seed and setting the val and test scores and the inference
 speed (views scored per second, the whole test split); per setting the mean and spread over seeds.
@@ -35,6 +36,7 @@ from train_throughput import machine
 
 from realfake import cifake, evaluation
 from realfake.classifiers import build_classifier
+from realfake.fileio import load_arrays
 from realfake.params import load_model_params, load_params
 
 log = logging.getLogger("tta_shifts")
@@ -61,6 +63,7 @@ def main() -> None:
     parser.add_argument("--tta-max-shifts", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--models-dir", type=Path, default=REPO / "models" / "benchmarks")
     parser.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE)
+    parser.add_argument("--raw", type=Path, help="the archive decoded, as the download stage writes it (.npz)")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
     parser.add_argument("--output-dir", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
@@ -77,7 +80,10 @@ def main() -> None:
     if run["train_data"] != {"per_class": "all usable", "stored_augment": []}:
         raise SystemExit(f"{args.name}: trained on {run['train_data']}; this script rebuilds only the default splits")
     ev = params.evaluate
-    raw = cifake.decode_entries(cifake.read_zip(args.archive), workers=1)
+    if args.raw:
+        raw = cifake.RawDataset.from_arrays(load_arrays(args.raw))
+    else:
+        raw = cifake.decode_entries(cifake.read_zip(args.archive), workers=1)  # no fork: the backend is loaded
 
     results = []
     for recorded in run["runs"]:
@@ -97,7 +103,8 @@ def main() -> None:
                 splits["test"].labels, test_p_fake, threshold=ev.threshold, class_names=splits["test"].class_names,
                 n_bootstrap=ev.n_bootstrap, confidence=ev.confidence, seed=seed,
             )  # fmt: skip
-            if max_shift == 0 and abs(report["accuracy"] - recorded["test"]["accuracy"]) > 1e-4:
+            # Up to 2 images may differ: a GPU picks its kernels per compilation, moving a borderline P(fake).
+            if max_shift == 0 and abs(report["accuracy"] - recorded["test"]["accuracy"]) * report["n"] > 2.5:
                 raise SystemExit(f"seed {seed}: rebuilt network scores {report['accuracy']} on test, the run "
                                  f"recorded {recorded['test']['accuracy']}: not the same model or split")  # fmt: skip
             views = model.get_layer("tta_views").views if max_shift or spec.flip_tta else 1
@@ -109,6 +116,8 @@ def main() -> None:
             log.info("seed %d, tta_max_shift %d: val %s, test %.4f / AUC %.5f", seed, max_shift, val,
                      report["accuracy"], report["roc_auc"])  # fmt: skip
 
+    backend = keras.backend.backend()
+    interpreter = ".venv/bin/python" if backend == "tensorflow" else f"KERAS_BACKEND={backend} python3"
     per_setting = {
         max_shift: {
             key: spread([r[split][metric] for r in results if r["tta_max_shift"] == max_shift])
@@ -122,7 +131,7 @@ def main() -> None:
         for max_shift in args.tta_max_shifts
     }
     document = {
-        "command": " ".join([".venv/bin/python", "benchmarks/tta_shifts.py", *sys.argv[1:]]),
+        "command": " ".join([interpreter, "benchmarks/tta_shifts.py", *sys.argv[1:]]),
         "machine": machine(),
         "trained_by": run["command"],
         "computed_on": f"val: each seed's validation split; test: test split of {run['archive']} (all of it)",
