@@ -1,8 +1,8 @@
 """Training under Keras' JAX backend, in a subprocess (KERAS_BACKEND is read once per process).
 
 The lent GPU machines have JAX and no TensorFlow, and `benchmarks/gpu_run.sh` runs this file there before its
-benchmarks. The project's own environment has no JAX, so here it runs only where JAX is installed. This file must
-not import TensorFlow.
+benchmarks. The project's dev install brings JAX (CPU), so it runs everywhere the tests run; TensorFlow, installed
+here too, is hidden from the subprocess, as on those machines. This file must not import TensorFlow.
 """
 
 from __future__ import annotations
@@ -16,6 +16,15 @@ import pytest
 
 JAX_TRAINING = """
 import sys
+
+
+class NoTensorFlow:  # the GPU machines have no TensorFlow; where it is installed, hide it (Keras imports it if found)
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "tensorflow":
+            raise ImportError("TensorFlow is hidden from this test")
+
+
+sys.meta_path.insert(0, NoTensorFlow())
 import numpy as np
 from realfake import classifiers, training
 from realfake.params import FastParams, TrainParams
