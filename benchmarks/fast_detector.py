@@ -200,6 +200,13 @@ def _comparable(setup: dict) -> dict:
     }
 
 
+def command_line(script: str) -> str:
+    """This invocation of benchmarks/<script>, as a command that re-runs it (the backend named where not TensorFlow)."""
+    backend = keras.backend.backend()
+    interpreter = ".venv/bin/python" if backend == "tensorflow" else f"KERAS_BACKEND={backend} python3"
+    return " ".join([interpreter, f"benchmarks/{script}", *sys.argv[1:]])
+
+
 def spread(values: list[float]) -> dict:
     return {
         "mean": round(statistics.fmean(values), 5),
@@ -240,8 +247,7 @@ def main() -> None:
     if args.batch_size:
         spec = dataclasses.replace(spec, batch_size=args.batch_size)
     backend = keras.backend.backend()
-    interpreter = ".venv/bin/python" if backend == "tensorflow" else f"KERAS_BACKEND={backend} python3"
-    command = " ".join([interpreter, "benchmarks/fast_detector.py", *sys.argv[1:]])
+    command = command_line("fast_detector.py")
     out = args.output_dir / args.name
     archive_name = (args.raw or args.archive).name
     augmentations = tuple(params.prepare.augment) if args.stored_augment else ()

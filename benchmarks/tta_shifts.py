@@ -25,12 +25,11 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import keras
-from fast_detector import DEFAULT_ARCHIVE, REPO, load_splits, spread  # also puts src/ on sys.path
+from fast_detector import DEFAULT_ARCHIVE, REPO, command_line, load_splits, spread  # also puts src/ on sys.path
 from sklearn.metrics import roc_auc_score
 from train_throughput import machine
 
@@ -116,8 +115,6 @@ def main() -> None:
             log.info("seed %d, tta_max_shift %d: val %s, test %.4f / AUC %.5f", seed, max_shift, val,
                      report["accuracy"], report["roc_auc"])  # fmt: skip
 
-    backend = keras.backend.backend()
-    interpreter = ".venv/bin/python" if backend == "tensorflow" else f"KERAS_BACKEND={backend} python3"
     per_setting = {
         max_shift: {
             key: spread([r[split][metric] for r in results if r["tta_max_shift"] == max_shift])
@@ -131,7 +128,7 @@ def main() -> None:
         for max_shift in args.tta_max_shifts
     }
     document = {
-        "command": " ".join([interpreter, "benchmarks/tta_shifts.py", *sys.argv[1:]]),
+        "command": command_line("tta_shifts.py"),
         "machine": machine(),
         "trained_by": run["command"],
         "computed_on": f"val: each seed's validation split; test: test split of {run['archive']} (all of it)",
