@@ -69,7 +69,7 @@ shifts() {  # shifts NAME SECONDS: re-score NAME's saved model with test-time sh
 
 # name -> limit (seconds) and arguments; `bash benchmarks/gpu_run.sh [NAME ...]` runs those (default: the first
 # three, which with the setup fit one 10-minute command; ResNet50 needs ~5.5 min for 20 epochs on an H200,
-# EfficientNetV2B3 ~1 min for its first epoch alone: give each a command of its own).
+# EfficientNetV2B3 ~1 min for its first epoch alone, so its 20 epochs outlast one 10-minute command).
 declare -A LIMIT=([fast_default]=95 [cnn]=65 [fast_wide]=120 [resnet50]=360 [efficientnet]=590
   [fast_wide_shift2]=190 [fast_deep_shift2]=280)
 WIDE="--seeds 42 --batch-size 128 --set stage_filters=[128,256,512]"  # then --set's other KEY=VALUEs
