@@ -46,25 +46,29 @@ if [ ! -f "$RAW" ]; then
   python3 benchmarks/ship_archive.py decode /tmp/cifake-large.zip "$RAW" 2>/dev/null || exit 1
 fi
 
-step() {  # step NAME SECONDS ARGS...
-  local name=$1 limit=$2
-  shift 2
-  say "step $name (limit ${limit}s): $*"
-  timeout "$limit" python3 benchmarks/fast_detector.py --raw "$RAW" --output-dir "$RES" --name "$name" "$@" \
-    ${SMOKE_ARGS:-} >"$RES/$name.log" 2>&1
-  say "step $name: exit $?"
-  grep -E "epoch [0-9]+/|epoch [0-9]+ on test|Error|error:" "$RES/$name.log" | cut -c1-220 | tail -12
+limited() {  # limited LABEL SECONDS LOG LINES COMMAND...: COMMAND under a time limit into LOG; show LINES, bundle
+  local label=$1 limit=$2 logfile=$3 lines=$4
+  shift 4
+  say "$label (limit ${limit}s)"
+  timeout "$limit" "$@" >"$logfile" 2>&1
+  say "$label: exit $?"
+  grep -E "$lines|Error|error:" "$logfile" | cut -c1-220 | tail -12
   tar -czf "$OUT/results.tar.gz" -C "$RES" .
 }
 
-shifts() {  # shifts NAME SECONDS: re-score NAME's saved model with test-time shifts (benchmarks/tta_shifts.py)
+step() {  # step NAME SECONDS ARGS...: benchmarks/fast_detector.py
   local name=$1 limit=$2
-  say "test-time shifts for $name (limit ${limit}s)"
-  timeout "$limit" python3 benchmarks/tta_shifts.py --raw "$RAW" --output-dir "$RES" --models-dir "$MODELS" \
-    --name "$name" --tta-max-shifts 0 1 >"$RES/$name.shifts.log" 2>&1
-  say "test-time shifts for $name: exit $?"
-  grep -E "tta_max_shift [0-9]+:|Error|error:" "$RES/$name.shifts.log" | cut -c1-220 | tail -4
-  tar -czf "$OUT/results.tar.gz" -C "$RES" .
+  shift 2
+  say "step $name: $*"
+  # shellcheck disable=SC2086  # SMOKE_ARGS are words on purpose
+  limited "step $name" "$limit" "$RES/$name.log" "epoch [0-9]+/|epoch [0-9]+ on test" \
+    python3 benchmarks/fast_detector.py --raw "$RAW" --output-dir "$RES" --name "$name" "$@" ${SMOKE_ARGS:-}
+}
+
+shifts() {  # shifts NAME SECONDS: re-score NAME's saved model with test-time shifts (benchmarks/tta_shifts.py)
+  limited "test-time shifts for $1" "$2" "$RES/$1.shifts.log" "tta_max_shift [0-9]+:" \
+    python3 benchmarks/tta_shifts.py --raw "$RAW" --output-dir "$RES" --models-dir "$MODELS" --name "$1" \
+    --tta-max-shifts 0 1
 }
 
 # name -> limit (seconds) and arguments; `bash benchmarks/gpu_run.sh [NAME ...]` runs those (default: the first

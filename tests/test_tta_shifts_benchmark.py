@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 import sys
-from pathlib import Path
+
+from stage_helpers import REPO, sh
 
 from realfake import cifake
 from realfake.fileio import save_arrays
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def run_script(script: str, *args) -> None:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / script), *map(str, args)], capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    sh(sys.executable, str(REPO / "benchmarks" / script), *map(str, args), cwd=REPO, env=os.environ)
 
 
 def test_tta_shifts_rescores_a_saved_fast_detector_from_the_decoded_arrays(tmp_path, cifake_zip):
