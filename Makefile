@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
+RECIPE ?= cpu-quick
+SEEDS ?=
 
-.PHONY: repro test test-slow lint format bench bench-fast bench-fast-10min gpu-prep clean-state
+.PHONY: repro test test-slow test-scaling lint format plots exp record results ship mlflow-server mlflow-server-stop \
+	bench gpu-prep clean-state
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,14 +16,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-repro: $(VENV)/.installed
+repro: $(VENV)/.installed  # params.yaml = the cpu-quick recipe; reads data/cifake.zip when it is there, else Kaggle
 	$(BIN)/dvc repro
 
 test: $(VENV)/.installed  # one worker per core; the long end-to-end test first, the idle worker steals the rest
 	$(BIN)/python -m pytest -n auto --dist worksteal
 
-test-slow: $(VENV)/.installed
+test-slow: $(VENV)/.installed  # real data (cifake-small.zip, cifake-large.zip in REALFAKE_DATA_DIR, else data/)
 	$(BIN)/python -m pytest -m slow
+
+test-scaling: $(VENV)/.installed  # PostgreSQL + an MLflow server (installed if missing), two-process training
+	REALFAKE_REQUIRE_SERVER=1 $(BIN)/python -m pytest -m 'server or multihost'
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -30,26 +36,40 @@ format: $(VENV)/.installed
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(VENV)/.installed  # the README's Benchmarks section, on ../shared/data/cifake-large.zip
+plots: $(VENV)/.installed  # dvc_plots/index.html and one PNG per plot, offline; make plots REVS="HEAD fast-30min-seed42"
+	$(BIN)/python -m realfake.pipeline.plots $(REVS)
+
+exp: $(VENV)/.installed  # make exp RECIPE=fast-30min [SEEDS="42 1 2"]: one named DVC experiment per seed
+	$(BIN)/python -m realfake.pipeline.recipes run $(RECIPE) $(if $(SEEDS),--seeds $(SEEDS))
+
+record: $(VENV)/.installed  # make record RECIPE=fast-30min: results/<recipe>.json from its experiments
+	$(BIN)/python -m realfake.pipeline.recipes record $(RECIPE) $(if $(SEEDS),--seeds $(SEEDS))
+
+results: $(VENV)/.installed  # docs/results.md and the README's results table, from results/*.json
+	$(BIN)/python -m realfake.pipeline.recipes table
+
+ship: $(VENV)/.installed  # the fast-30min recipe's model (seed 42) into the package, with its card data
+	$(BIN)/python -m realfake.pipeline.recipes ship fast-30min --seeds 42
+
+mlflow-server: $(VENV)/.installed  # PostgreSQL + MLflow server on 127.0.0.1; prints the MLFLOW_TRACKING_URI to use
+	bash scripts/mlflow_server.sh start
+
+mlflow-server-stop:
+	bash scripts/mlflow_server.sh stop
+
+bench: $(VENV)/.installed  # docs/benchmarks.md, on data/cifake.zip
 	$(BIN)/python benchmarks/decode_and_noop.py
 	$(BIN)/python benchmarks/train_throughput.py --models cnn --repeats 2
 	bash benchmarks/train_stage_memory.sh
 
-bench-fast: $(VENV)/.installed  # params.yaml's fast detector on the large archive, 3 seeds: about 100 minutes on 2 cores
-	$(BIN)/python benchmarks/fast_detector.py --seeds 42 1 2 --name fast_detector_s2d_15epochs_b64
+# Keras and what a GPU host without network or TensorFlow lacks of realfake's needs, as Python 3.12 wheels
+GPU_WHEELS := keras==3.15.1 namex==0.1.0 optree==0.20.0 ruamel.yaml==0.19.1 wrapt==2.5.2
 
-bench-fast-10min: $(VENV)/.installed  # the fast detector's 10-minute schedule, 3 seeds: about 30 minutes on 2 cores
-	$(BIN)/python benchmarks/fast_detector.py --seeds 42 1 2 --epochs 6 --set 'stage_filters=[48,96,192]' \
-		--name fast_detector_s2d_48_6epochs
-
-# Keras and what the lent GPU machine's image lacks of its needs (and of realfake's), as Python 3.12 wheels
-GPU_WHEELS := keras==3.15.1 namex==0.1.0 optree==0.20.0 ruamel.yaml==0.19.1
-
-gpu-prep: $(VENV)/.installed  # .whl and .gpu for benchmarks/gpu_run.sh on a lent GPU machine (README: Benchmarks)
+gpu-prep: $(VENV)/.installed  # .whl and .gpu for benchmarks/gpu_run.sh (docs/benchmarks.md)
 	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
 		-d .whl $(GPU_WHEELS)
-	$(BIN)/python benchmarks/ship_archive.py pack ../shared/data/cifake-large.zip .gpu/cifake-large.jpgs.xz
+	$(BIN)/python benchmarks/ship_archive.py pack data/cifake.zip .gpu/cifake-large.jpgs.xz
 
 clean-state:  # forget interrupted-training state and download caches
-	rm -rf .cache
+	rm -rf .cache/state .cache/downloads

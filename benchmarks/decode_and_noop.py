@@ -1,6 +1,6 @@
 """Benchmark: decoding CIFAKE into arrays, and a no-op `dvc repro`.
 
-    .venv/bin/python benchmarks/decode_and_noop.py [--archive ../shared/data/cifake-large.zip]
+    .venv/bin/python benchmarks/decode_and_noop.py [--archive data/cifake.zip]
 
 Each decoder runs in its own fresh process so peak RSS is its own. Prints the machine, the command and the figures.
 """
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifake-large.zip"
+DEFAULT_ARCHIVE = REPO / "data" / "cifake.zip"  # the pipeline's own local copy (git-ignored)
 
 NAIVE = """
 import io, sys, time, zipfile, resource
@@ -35,7 +35,7 @@ print(time.perf_counter() - t, len(images), resource.getrusage(resource.RUSAGE_S
 REALFAKE = """
 import sys, time, resource
 sys.path.insert(0, sys.argv[2])
-from realfake import cifake
+from realfake.data import cifake
 t = time.perf_counter()
 raw = cifake.decode_entries(cifake.read_zip(sys.argv[1]))
 print(time.perf_counter() - t, len(raw.images), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -4,7 +4,7 @@
         [--dtype-policy float32 mixed_bfloat16]
 
 Each variant trains one epoch of 20,000 random uint8 images (speed does not depend on the pixels) through
-`training.make_dataset`, after 5 untimed steps; images/s counts steps 5..end. Every (variant, jit) pair runs in a
+`training.inputs.Batches`, after 5 untimed steps; images/s counts steps 5..end. Every (variant, jit) pair runs in a
 fresh process so no compiled function or thread pool carries over. Prints one JSON line per measurement.
 `--dtype-policy` sets Keras' global dtype policy before the model is built (mixed_bfloat16: bfloat16 compute,
 float32 weights; CPUs with AMX run bfloat16 convolutions in hardware).
@@ -22,14 +22,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# name -> factory settings; "cnn" is the seed's baseline, the rest are `build_fast` widths
+# name -> factory settings; "cnn" is the reference study's baseline, the rest are `build_fast` widths
 FAST_VARIANTS = {
     "fast": {"stage_filters": (64, 128, 256), "convs_per_stage": 1, "space_to_depth": 2},  # params.yaml's choice
     "s2d_48_96_192": {"stage_filters": (48, 96, 192), "convs_per_stage": 1, "space_to_depth": 2},  # 10-min schedule
     "s2d_80_160_320": {"stage_filters": (80, 160, 320), "convs_per_stage": 1, "space_to_depth": 2},
     "s2d_96_192_384": {"stage_filters": (96, 192, 384), "convs_per_stage": 1, "space_to_depth": 2},
     "fullres_32_64_128": {"stage_filters": (32, 64, 128), "convs_per_stage": 1, "space_to_depth": 1},  # first design
-    "vgg288": {"stage_filters": (32, 64, 128), "convs_per_stage": 2, "space_to_depth": 1},  # the issue's 288k VGG
+    "vgg288": {"stage_filters": (32, 64, 128), "convs_per_stage": 2, "space_to_depth": 1},  # a 288k-parameter VGG
     "vgg_16_64_128x2": {"stage_filters": (16, 64, 128), "convs_per_stage": 2, "space_to_depth": 1},
     "vgg_24_48_96x2": {"stage_filters": (24, 48, 96), "convs_per_stage": 2, "space_to_depth": 1},
     "vgg4stage": {"stage_filters": (32, 64, 128, 256), "convs_per_stage": 1, "space_to_depth": 1},
@@ -44,23 +44,27 @@ def measure(variant: str, *, jit: bool, batch: int, dtype_policy: str, images: i
     import numpy as np
     from train_throughput import StepTimer
 
-    from realfake import models, training
+    from realfake.models.cnn import build_cnn
+    from realfake.models.fast import build_fast
+    from realfake.training.inputs import Batches
+    from realfake.training.optim import compile_classifier
+    from realfake.training.seeding import seed_everything
 
-    training.seed_everything(0)
+    seed_everything(0)
     keras.mixed_precision.set_global_policy(dtype_policy)
     if variant == "cnn":
-        model = models.build_cnn(input_shape=(32, 32, 3), conv_filters=(32, 64), kernel_size=3, pool_size=2,
+        model = build_cnn(input_shape=(32, 32, 3), conv_filters=(32, 64), kernel_size=3, pool_size=2,
                                  dense_units=64)  # fmt: skip
     else:
-        model = models.build_fast(input_shape=(32, 32, 3), dropout=0.1, flip_tta=False, tta_max_shift=0, seed=0,
+        model = build_fast(input_shape=(32, 32, 3), dropout=0.1, flip_tta=False, tta_max_shift=0, seed=0,
                                   **FAST_VARIANTS[variant])  # fmt: skip
-    training.compile_classifier(model, optimizer=keras.optimizers.Adam(), jit_compile=jit, run_eagerly=False,
+    compile_classifier(model, optimizer=keras.optimizers.Adam(), jit_compile=jit, run_eagerly=False,
                                 label_smoothing=0.0)  # fmt: skip
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 2, images)
     timer = StepTimer(math.ceil(images / batch))  # the whole epoch
-    dataset = training.make_dataset(x, y, batch_size=batch, shuffle=True, seed=0, augment=(), max_shift=0)
+    dataset = Batches(x, y, batch_size=batch, seed=0, shuffle=True).epochs(0, 1)
     model.fit(dataset, epochs=1, verbose=0, callbacks=[timer])
     ends = timer.ends
     timed = len(ends) - warmup

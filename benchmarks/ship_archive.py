@@ -1,14 +1,13 @@
-"""Carry a CIFAKE zip to a machine that takes only small uploads (the lent GPU machine: 64 MiB) and decode it there.
+"""Carry a CIFAKE zip to a host that takes only small transfers (a GPU host without network) and decode it there.
 
-    python3 benchmarks/ship_archive.py pack ../shared/data/cifake-large.zip .gpu/cifake-large.jpgs.xz
+    python3 benchmarks/ship_archive.py pack data/cifake.zip .gpu/cifake-large.jpgs.xz
     python3 benchmarks/ship_archive.py unpack .gpu/cifake-large.jpgs.xz /tmp/cifake-large.zip
     python3 benchmarks/ship_archive.py decode /tmp/cifake-large.zip /tmp/cifake-large.npz
 
 `pack` writes the archive's image files, bytes unchanged, as one xz stream: each 32x32 JPEG repeats ~600 bytes of
 identical headers and tables, which xz stores once (cifake-large.zip: 94 MB -> about 27 MB). `unpack` rebuilds a
 zip of the same member names and bytes, checking each member against the CRC-32 the original zip recorded.
-`decode` is the download stage's decoding (`cifake.decode_entries`, every core), saved as the .npz it writes, which
-`benchmarks/fast_detector.py --raw` reads.
+`decode` is the download stage's decoding (`cifake.decode_entries`, every core), saved as the .npz it writes.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from realfake import cifake  # noqa: E402
+from realfake.data import cifake  # noqa: E402
 from realfake.fileio import atomic_path, save_arrays  # noqa: E402
 
 

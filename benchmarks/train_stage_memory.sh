@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Benchmark: wall time and peak RSS of the real `train@cnn` stage at the seed's sample size on a local archive.
+# Benchmark: wall time and peak RSS of the real `train@cnn` stage at the reference study's sample size on a local archive.
 #
 #     bash benchmarks/train_stage_memory.sh [ARCHIVE] [EPOCHS] [PER_CLASS]
-#     (defaults: ../shared/data/cifake-large.zip, 1 epoch, 25000 images per class as in the seed)
+#     (defaults: data/cifake.zip, 1 epoch, 25000 images per class as in the reference study)
 #
 # Runs in a throw-away git worktree of HEAD (its own DVC cache and MLflow store), so the project is untouched:
 # `dvc repro prepare` first, then `dvc repro -s train@cnn` under /usr/bin/time -v, whose "Maximum resident set
@@ -10,7 +10,7 @@
 # the stage's own metrics/train/cnn.json.
 set -euo pipefail
 repo=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
-archive=$(realpath "${1:-$repo/../shared/data/cifake-large.zip}")
+archive=$(realpath "${1:-$repo/data/cifake.zip}")
 epochs=${2:-1}
 per_class=${3:-25000}
 work=$(mktemp -d)

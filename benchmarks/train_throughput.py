@@ -1,16 +1,16 @@
 """Benchmark: training images/s of realfake's input path against two baselines, per classifier, on this CPU.
 
     .venv/bin/python benchmarks/train_throughput.py [--models cnn efficientnet resnet50] [--images 20000]
-        [--steps 50] [--warmup 3] [--repeats 3] [--archive ../shared/data/cifake-large.zip] [--output FILE]
+        [--steps 50] [--warmup 3] [--repeats 3] [--archive data/cifake.zip] [--output FILE]
 
 Every path trains the same model (params.yaml `models.<name>`, `weights` forced to null: nothing is
 downloaded, and a backbone's speed does not depend on its initial weights) with the same batch size on the
 same N train images of the archive (half REAL, half FAKE, sampled with `base.seed`):
 
-  realfake   uint8 arrays in memory -> training.make_dataset(shuffle=True, augment=(), max_shift=0) -> model.fit
+  realfake   uint8 arrays in memory -> training.inputs.Batches(shuffle=True).epochs() -> model.fit
   plain      model.fit(x_float32, y, batch_size=...) on an in-memory float32 copy of the same images
-  seed_jpeg  the original notebooks' ImageDataGenerator.flow_from_dataframe: every batch opens its JPEG files
-             from disk again (see SeedJpegBatches)
+  reference_jpeg  the original notebooks' ImageDataGenerator.flow_from_dataframe: every batch opens its JPEG files
+             from disk again (see ReferenceJpegBatches)
 
 Images/s = steps x batch / seconds from the end of step `warmup` to the end of step `warmup + steps`, so the
 first step (tracing the train function) and the pipelines' start-up are excluded. N is rounded down to a
@@ -46,24 +46,27 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from realfake import cifake, training  # noqa: E402
-from realfake.classifiers import build_classifier, build_optimizer  # noqa: E402
+from realfake.data import cifake  # noqa: E402
 from realfake.params import ModelParams, load_params  # noqa: E402
+from realfake.training.classifiers import build_classifier, build_optimizer  # noqa: E402
+from realfake.training.inputs import Batches  # noqa: E402
+from realfake.training.optim import compile_classifier  # noqa: E402
+from realfake.training.seeding import seed_everything  # noqa: E402
 
 log = logging.getLogger("train_throughput")
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "cifake-large.zip"
-PATHS = ("realfake", "plain", "seed_jpeg")
+DEFAULT_ARCHIVE = REPO / "data" / "cifake.zip"  # the pipeline's own local copy (git-ignored)
+PATHS = ("realfake", "plain", "reference_jpeg")
 
 
-# ----------------------------------------------------------------------------- the seed's input path
+# ----------------------------------------------------------------------------- the reference study's input path
 
 
-class SeedJpegBatches(keras.utils.PyDataset):
+class ReferenceJpegBatches(keras.utils.PyDataset):
     """What `ImageDataGenerator(rescale=1/255).flow_from_dataframe(df, target_size=(32, 32))` fed to fit().
 
-    The seed notebooks read their JPEG files from disk again for every batch of every epoch this way.
+    The reference study's notebooks read their JPEG files from disk again for every batch of every epoch this way.
     ImageDataGenerator is gone from Keras 3 (and tf_keras is not a dependency), so this re-creates its
     iterator step for step: a fresh image order each epoch (its default shuffle=True); per batch a zeroed
     float32 array, then per image `keras.utils.load_img` (what the generator called: open the file, Pillow
@@ -71,7 +74,7 @@ class SeedJpegBatches(keras.utils.PyDataset):
     PyDataset's defaults, workers=1 and no multiprocessing, are fit()'s defaults the notebooks ran with;
     Keras 3 then loads batches in a tf.data thread ahead of the train step (tf.keras 2 prefetched one).
 
-    Three choices, each in the baseline's favour: the seed's `rescale` multiply is left out, because our
+    Three choices, each in the baseline's favour: the reference study's `rescale` multiply is left out, because our
     models rescale inside (Rescaling / backbone preprocessing) and must get 0..255; no random rotation or flip
     is applied (the notebooks' generator did, per image, with scipy), to match `augment=()` on the realfake
     path; and the files were just written, so they are read from the page cache, not the disk.
@@ -133,14 +136,14 @@ def measure(
 ) -> dict:
     """Train models.<name> on one input path for warmup + steps steps; images/s over the last `steps`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    training.seed_everything(seed)
+    seed_everything(seed)
     model = build_classifier(name, spec, input_shape=(image_size, image_size, 3), num_classes=2, seed=seed)
     batch = spec.batch_size
     labels = np.load(data / "labels.npy")
     n = len(labels) // batch * batch  # whole batches only: every timed step holds `batch` images
     labels = labels[:n]
     optimizer = build_optimizer(spec, steps_per_epoch=n // batch)
-    training.compile_classifier(
+    compile_classifier(
         model,
         optimizer=optimizer,
         jit_compile=spec.jit_compile,
@@ -149,13 +152,13 @@ def measure(
     )
     if path == "realfake":
         images = np.load(data / "images.npy")[:n]
-        x = training.make_dataset(images, labels, batch_size=batch, shuffle=True, seed=seed, augment=(), max_shift=0)
+        x = Batches(images, labels, batch_size=batch, seed=seed, shuffle=True).epochs(0, 1)
         y, fit_args = None, {"shuffle": False}  # the dataset shuffles itself; False silences a warning
     elif path == "plain":
         x, y, fit_args = np.load(data / "images.npy")[:n].astype(np.float32), labels, {"batch_size": batch}
     else:
         files = (data / "files.txt").read_text().splitlines()[:n]
-        x, y = SeedJpegBatches(files, labels, batch_size=batch, image_size=image_size, seed=seed), None
+        x, y = ReferenceJpegBatches(files, labels, batch_size=batch, image_size=image_size, seed=seed), None
         fit_args = {"shuffle": False}  # the generator reshuffles images itself, as ImageDataGenerator did
     timer = StepTimer(warmup + steps)
     epochs = math.ceil((warmup + steps) / (n // batch))  # the timer stops fit() after the last timed step
@@ -174,7 +177,7 @@ def measure(
 
 def input_only_speed(x, *, steps: int, batch: int) -> float | None:
     """Images/s of the input path alone (no model): the ceiling it puts on training; None for `plain`."""
-    if isinstance(x, SeedJpegBatches):
+    if isinstance(x, ReferenceJpegBatches):
         t = time.perf_counter()
         for i in range(steps):
             x[i % len(x)]
@@ -244,7 +247,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
     ours = out["realfake"]["images_per_s"]
     out["speedup"] = {
         "realfake_vs_plain": round(ours / out["plain"]["images_per_s"], 2),
-        "realfake_vs_seed_jpeg": round(ours / out["seed_jpeg"]["images_per_s"], 2),
+        "realfake_vs_reference_jpeg": round(ours / out["reference_jpeg"]["images_per_s"], 2),
     }
     return out
 
@@ -310,7 +313,7 @@ def main() -> None:
         "machine": machine(),
         "command": shlex.join([sys.executable, *sys.argv]),
         "load_average_before": [round(v, 2) for v in os.getloadavg()],  # others' work on the shared cores
-        "targets": "realfake_vs_plain >= 1; for the cnn, realfake_vs_seed_jpeg >= 5 (from the issue)",
+        "targets": "realfake_vs_plain >= 1; for the cnn, realfake_vs_reference_jpeg >= 5",
     }
 
     with tempfile.TemporaryDirectory(prefix="train_throughput-") as tmp:

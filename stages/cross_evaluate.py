@@ -1,20 +1,18 @@
 """Stage `cross_evaluate`: every trained classifier on every test source (CIFAKE real, SD fakes, DCGAN fakes)."""
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, also inside `dvc exp run --temp` copies
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from realfake import evaluation, stage, tracking  # noqa: E402
-from realfake.classifiers import load_model  # noqa: E402
-from realfake.errors import DataError, ParamsError, RealfakeError  # noqa: E402
-from realfake.fileio import atomic_path, load_arrays, write_json  # noqa: E402
-from realfake.params import load_params  # noqa: E402
-from realfake.plots import heatmap_png  # noqa: E402
-from realfake.threeclass import THREE_CLASSES  # noqa: E402
+from realfake.data.threeclass import THREE_CLASSES
+from realfake.errors import DataError, ParamsError, RealfakeError
+from realfake.evaluation import cross as evaluation
+from realfake.evaluation import reports
+from realfake.evaluation.plots import heatmap_png
+from realfake.fileio import atomic_path, load_arrays, write_json
+from realfake.models.saving import load_model
+from realfake.params import load_params
+from realfake.pipeline import stage, tracking
 
 
 def read_arrays(paths, path: Path, producer: str) -> tuple[dict, str]:
@@ -78,24 +76,6 @@ def mlflow_metrics(scores: dict) -> dict:
     }
 
 
-def report(scores: dict, confusion: dict, *, threshold: float, confidence: float, three: str, files: list[str]) -> str:
-    """reports/cross_evaluate.md: what was scored and how, the share-correct table, the 3-class confusion."""
-    binary = ", ".join(name for name in scores if name != three)
-    return (
-        "# Cross-evaluation: every classifier on every test source\n\n"
-        f"Share of each source's images a model gets right, its {confidence:.0%} Wilson interval, and the "
-        "number of images. Sources: `real` and `sd_fake` are CIFAKE's test split (real photos and Stable "
-        f"Diffusion fakes, {files[0]}); `dcgan_fake` are the DCGAN's test fakes "
-        f"({files[1]}), a kind of fake the binary models never saw in training.\n\n"
-        f'"Correct" for a binary model ({binary}) means P(fake) >= {threshold} on a fake of either kind and '
-        f"P(fake) < {threshold} on a real image; for the 3-class model ({three}) it means the most probable "
-        "class is exactly the source's kind (real, sd_fake or dcgan_fake).\n\n"
-        + evaluation.cross_evaluation_table(scores)
-        + f"\n## {three}: confusion matrix over all sources\n\n"
-        + evaluation.confusion_table(confusion["matrix"], confusion["labels"])
-    )
-
-
 def score_all(files: dict[str, Path], sources: dict, *, ev, three: str, root: Path) -> dict:
     """{model: {source: score}}, loading one model at a time."""
     scores = {}
@@ -136,7 +116,9 @@ def main(paths, args) -> None:
         heatmap = paths.plots / "cross_evaluate" / "heatmap.png"
         with atomic_path(heatmap) as tmp:
             heatmap_png(*evaluation.cross_evaluation_matrix(scores), "Share correct per test source", str(tmp))
-        text = report(scores, confusion, threshold=ev.threshold, confidence=ev.confidence, three=three, files=inputs)
+        text = reports.cross_evaluation_text(
+            scores, confusion, threshold=ev.threshold, confidence=ev.confidence, three=three, files=inputs
+        )
         with atomic_path(paths.reports / "cross_evaluate.md") as tmp:
             tmp.write_text(text)
         tracking.log_metrics(mlflow_metrics(scores))
@@ -145,4 +127,4 @@ def main(paths, args) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, description=__doc__, root=ROOT)
+    stage.run(main, description=__doc__, script=__file__)

@@ -1,30 +1,41 @@
-"""Stage `download`: bring CIFAKE into the project, verify it, and store it decoded as one compact array file."""
+"""Stage `download`: bring CIFAKE into the project, verify it, and store it decoded as one compact array file.
 
-import sys
-from pathlib import Path
+`data.source: auto` reads the zip at `data.archive` when it is there (a relative path means the main repository's)
+and downloads from Kaggle otherwise; `archive` insists on the zip, `kaggle` on the download.
+"""
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, also inside `dvc exp run --temp` copies
+from realfake.data import cifake, sources
+from realfake.errors import SourceUnavailableError
+from realfake.fileio import save_arrays, write_json
+from realfake.params import load_params
+from realfake.pipeline import stage, tracking
 
-from realfake import cifake, sources, stage, tracking  # noqa: E402
-from realfake.fileio import save_arrays, write_json  # noqa: E402
-from realfake.params import load_params  # noqa: E402
+OFFLINE_HINT = (
+    "Offline? Put CIFAKE's Kaggle zip at data/cifake.zip (the default data.archive) and run `make repro` again, "
+    "or point data.archive at a copy: dvc exp run -S data.archive=PATH"
+)
 
 
 def fetch_entries(data, paths) -> tuple[list[cifake.Entry], dict]:
-    """Read every image of the chosen source into memory, with a description of where it came from."""
-    if data.source == "kaggle":
-        folder = sources.fetch_kaggle(data.kaggle_dataset)
-        entries = cifake.read_folder(folder)
-        return entries, {"source": "kaggle", "dataset": data.kaggle_dataset}
-    archive = sources.fetch_archive(data.archive, cache_dir=paths.download_cache, sha256=data.archive_sha256)
-    origin = {"source": "archive", "archive": data.archive, "sha256": sources.sha256_of(archive)}
-    return cifake.read_zip(archive), origin | {"archive_bytes": archive.stat().st_size}
+    """Every image of the chosen source (read lazily), and a description of where it came from."""
+    location = data.archive and sources.resolve_location(data.archive, stage.main_root(paths))
+    local = location and sources.local_archive(location)
+    if data.source == "archive" or (data.source == "auto" and (local or location.startswith(("http://", "https://")))):
+        archive = sources.fetch_archive(location, cache_dir=paths.download_cache, sha256=data.archive_sha256)
+        origin = {"source": "archive", "archive": sources.redact(data.archive), "sha256": sources.sha256_of(archive)}
+        return cifake.read_zip(archive), origin | {"archive_bytes": archive.stat().st_size}
+    try:
+        folder = sources.fetch_kaggle(data.kaggle_dataset, hint=OFFLINE_HINT)
+    except SourceUnavailableError as exc:
+        if data.source == "auto":
+            raise SourceUnavailableError(f"data.source=auto: no zip at {data.archive}, and {exc}") from exc
+        raise
+    return cifake.read_folder(folder), {"source": "kaggle", "dataset": data.kaggle_dataset}
 
 
 def main(paths, args) -> None:
     params = load_params(args.params, sections=["base", "data"])
-    section = {"data": params.raw["data"]}
+    section = {"data": params.raw["data"] | {"archive": params.data.archive and sources.redact(params.data.archive)}}
     with tracking.stage_run("download", repo_root=paths.root, experiment=params.base.mlflow_experiment, params=section):
         entries, origin = fetch_entries(params.data, paths)
         raw = cifake.decode_entries(entries)
@@ -37,4 +48,4 @@ def main(paths, args) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, description=__doc__, root=ROOT)
+    stage.run(main, description=__doc__, script=__file__)

@@ -5,17 +5,13 @@ decides); up to `explain.per_cell` of them are drawn (seeded) for each row: real
 fake called fake, fake called real. Only those shown get a Grad-CAM pass.
 """
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, also inside `dvc exp run --temp` copies
-
-from realfake import evaluation, explain, stage, tracking  # noqa: E402
-from realfake.classifiers import load_model  # noqa: E402
-from realfake.fileio import atomic_path, write_json  # noqa: E402
-from realfake.params import load_params  # noqa: E402
-from realfake.robustness import stratified_sample  # noqa: E402
+from realfake.data.prepare import stratified_sample
+from realfake.evaluation import explain
+from realfake.evaluation import scoring as evaluation
+from realfake.fileio import atomic_path, write_json
+from realfake.models.saving import load_model
+from realfake.params import load_params
+from realfake.pipeline import stage, tracking
 
 
 def rows(cells: dict, class_names: tuple[str, ...]) -> dict[str, list[int]]:
@@ -36,7 +32,7 @@ def main(paths, args) -> None:
         "explain", repo_root=paths.root, experiment=params.base.mlflow_experiment, params=logged,
         run_name=f"explain@{name}",
     ):  # fmt: skip
-        test, test_path = stage.load_test_split(paths, image_size=params.base.image_size)
+        test = stage.load_split(paths, "test", image_size=params.base.image_size)
         model = load_model(paths.model_file(name), rebuild_with=f"dvc repro train@{name}")
 
         chosen = stratified_sample(test.labels, count=ex.candidates, seed=seed)
@@ -63,7 +59,7 @@ def main(paths, args) -> None:
         summary = {
             "model": name,
             "layer": explained.layer,
-            "computed_on": f"{len(chosen)} images of the CIFAKE test split ({test_path.name}), half real, half fake",
+            "computed_on": f"{len(chosen)} images of the CIFAKE test split (test.npz), half real, half fake",
             "candidates_accuracy": float((predicted == labels).mean()),
             "rows": {
                 label: [{"test_index": int(chosen[i]), "p_fake": float(p_fake[i])} for i in indices]
@@ -76,4 +72,4 @@ def main(paths, args) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, description=__doc__, root=ROOT, extra_args=stage.model_arg)
+    stage.run(main, description=__doc__, script=__file__, extra_args=stage.model_arg)

@@ -5,19 +5,14 @@ Noise seeds: train images use base.seed, test images base.seed + 1, so the two s
 """
 
 import logging
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, also inside `dvc exp run --temp` copies
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import realfake.models  # noqa: E402, F401  (registers the custom layers saved models may need)
-from realfake import generation, stage, tracking  # noqa: E402
-from realfake.fileio import atomic_path, save_arrays, write_json  # noqa: E402
-from realfake.models.dcgan import generate_images, load_generator  # noqa: E402
-from realfake.params import load_params  # noqa: E402
+from realfake.data import generated as generation
+from realfake.fileio import atomic_path, save_arrays, write_json
+from realfake.models.dcgan import generate_images, load_generator
+from realfake.params import load_params
+from realfake.pipeline import stage, tracking
 
 log = logging.getLogger("realfake.stages.generate")
 
@@ -64,4 +59,4 @@ def main(paths, args) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, description=__doc__, root=ROOT)
+    stage.run(main, description=__doc__, script=__file__)

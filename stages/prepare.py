@@ -1,16 +1,10 @@
 """Stage `prepare`: sample per class, carve a validation split, augment, shuffle; write uint8 train/val/test arrays."""
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, also inside `dvc exp run --temp` copies
-
-from realfake import stage, tracking  # noqa: E402
-from realfake.cifake import RawDataset  # noqa: E402
-from realfake.fileio import atomic_path, load_arrays, save_arrays, write_json  # noqa: E402
-from realfake.params import load_params  # noqa: E402
-from realfake.prepare import prepare_splits  # noqa: E402
+from realfake.data.cifake import RawDataset
+from realfake.data.prepare import prepare_splits
+from realfake.fileio import atomic_path, load_arrays, save_arrays, write_json
+from realfake.params import load_params
+from realfake.pipeline import stage, tracking
 
 
 def main(paths, args) -> None:
@@ -20,13 +14,9 @@ def main(paths, args) -> None:
         raw = RawDataset.from_arrays(load_arrays(paths.raw_dataset))
         p = params.prepare
         splits, report = prepare_splits(
-            raw,
-            per_class=p.per_class,
-            val_fraction=p.val_fraction,
-            augmentations=p.augment,
-            drop_test_overlap=p.drop_test_overlap,
-            seed=params.base.seed,
-        )
+            raw, per_class=p.per_class, val_fraction=p.val_fraction, augmentations=p.augment,
+            drop_test_overlap=p.drop_test_overlap, seed=params.base.seed,
+        )  # fmt: skip
         with atomic_path(paths.prepared, is_dir=True) as folder:
             for name, split in splits.items():
                 save_arrays(folder / f"{name}.npz", **split.arrays())
@@ -36,4 +26,4 @@ def main(paths, args) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, description=__doc__, root=ROOT)
+    stage.run(main, description=__doc__, script=__file__)

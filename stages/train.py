@@ -1,82 +1,66 @@
 """Stage `train@<model>`: train one classifier on the prepared arrays; the validation split picks the best epoch.
 
-Interrupted (SIGTERM, Ctrl-C, a crash)? Run `dvc repro` again: training resumes after the last finished epoch from
-state kept in .cache/state (outside DVC's outputs, which DVC deletes before running a stage).
+A binary model then gets its temperature and false-positive-rate thresholds (validation split) and its
+out-of-distribution statistics (train split). With `models.<name>.test_curve`, the test split is scored after every
+epoch for the accuracy-against-time plot; it selects nothing.
+Interrupted (SIGTERM, Ctrl-C, a crash)? Run `dvc repro` again: training resumes exactly after the last finished
+epoch from state kept in .cache/state (outside DVC's outputs, which DVC deletes before running a stage).
+With `train.strategy: data_parallel` and Keras' KERAS_DISTRIBUTION_* variables, several processes train one model
+together; only process 0 (the one DVC starts) writes outputs and logs to MLflow (docs/scaling-out.md).
 """
 
-import csv
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # this checkout's library, also inside `dvc exp run --temp` copies
-
-import keras  # noqa: E402
-
-from realfake import stage, tracking  # noqa: E402
-from realfake.classifiers import check_split, save_model, train_classifier, train_summary  # noqa: E402
-from realfake.fileio import atomic_path, load_arrays, write_json  # noqa: E402
-from realfake.params import load_params  # noqa: E402
-from realfake.prepare import Split  # noqa: E402
-from realfake.training import clear_state  # noqa: E402
+from realfake.params import load_params
+from realfake.pipeline import stage, tracking
+from realfake.pipeline.training_run import MlflowEpochs, publish
+from realfake.training import distribute
+from realfake.training.classifiers import train_classifier, train_summary
+from realfake.training.posthoc import fit_detector
+from realfake.training.state import clear_state
 
 
-class MlflowEpochs(keras.callbacks.Callback):
-    """Mirror each finished epoch's metrics to the stage's MLflow run."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        tracking.log_metrics(logs or {}, step=epoch + 1)
-
-
-def load_split(paths, name: str, image_size: int) -> Split:
-    path = paths.prepared_split(name)
-    split = Split.from_arrays(load_arrays(path))
-    check_split(split, image_shape=(image_size, image_size, 3), source=str(path))
-    return split
-
-
-def write_history(path: Path, history: dict) -> None:
-    keys = list(history)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(keys)
-        writer.writerows(zip(*(history[k] for k in keys), strict=True))
-
-
-def train_and_save(paths, params, name: str, train: Split, val: Split, *, stage_name: str) -> dict:
-    """Train models.<name>, write its declared outputs, mirror them to MLflow; shared with train_3class."""
-    spec = params.models[name]
-    result, state_dir = train_classifier(
-        name, spec, params.train, train, val, seed=params.base.seed, state_root=paths.state / stage_name,
-        extra_callbacks=[MlflowEpochs()],
-    )  # fmt: skip
-    for epoch in range(result.resumed_epochs):  # epochs finished before an interruption, logged by an earlier run
-        tracking.log_metrics({k: v[epoch] for k, v in result.history.items()}, step=epoch + 1)
-    summary = train_summary(result, result.model, train_images=len(train.labels), val_images=len(val.labels))
-    save_model(result.model, paths.model_file(name))
-    write_history(paths.plots / "train" / f"{name}.csv", result.history)
-    write_json(paths.metrics / "train" / f"{name}.json", summary)
-    tracking.log_artifacts(paths.metrics / "train" / f"{name}.json")
-    tracking.log_registered_model(  # the summary goes to the run and to the registered model as final.*
-        paths.model_file(name), registered_name=f"{params.base.registered_model_prefix}{name}",
-        class_names=train.class_names, image_shape=train.images.shape[1:], batch_size=spec.batch_size,
-        metrics={"final": summary},
-    )  # fmt: skip
+def train_as_worker(paths, params, name: str, placement) -> None:
+    """A data-parallel process other than the chief: it trains its share and writes nothing."""
+    size = params.base.image_size
+    train = stage.load_split(paths, "train", image_size=size)
+    val = stage.load_split(paths, "val", image_size=size)
+    _, state_dir = train_classifier(name, params.models[name], params.train, train, val, seed=params.base.seed,
+                                    state_root=paths.state / "train", placement=placement)  # fmt: skip
+    distribute.stop(placement)
     clear_state(state_dir)
-    return summary
 
 
 def main(paths, args) -> None:
     name = args.model
-    params = load_params(args.params, sections=["base", "train", f"models.{name}"])
-    logged = {"seed": params.base.seed, "train": params.raw["train"], "model": params.raw["models"][name]}
+    params = load_params(args.params, sections=["base", "train", "detector", "evaluate", f"models.{name}"])
+    placement = distribute.start(params.train.strategy)  # before any other backend work
+    if not placement.chief:
+        train_as_worker(paths, params, name, placement)
+        return
+    spec, size = params.models[name], params.base.image_size
+    logged = {"seed": params.base.seed, "train": params.raw["train"], "detector": params.raw["detector"],
+              "model": params.raw["models"][name]}  # fmt: skip
     with tracking.stage_run(
         "train", repo_root=paths.root, experiment=params.base.mlflow_experiment, params=logged, run_name=f"train@{name}"
     ):
-        train = load_split(paths, "train", params.base.image_size)
-        val = load_split(paths, "val", params.base.image_size)
-        train_and_save(paths, params, name, train, val, stage_name="train")
+        train = stage.load_split(paths, "train", image_size=size)
+        val = stage.load_split(paths, "val", image_size=size)
+        test = stage.load_split(paths, "test", image_size=size) if spec.test_curve else None
+        result, state_dir = train_classifier(
+            name, spec, params.train, train, val, seed=params.base.seed, state_root=paths.state / "train",
+            test=test, extra_callbacks=[MlflowEpochs()], placement=placement,
+        )  # fmt: skip
+        distribute.stop(placement)  # the other processes are done; the rest happens here alone
+        summary = train_summary(result, result.model, train_images=len(train.labels), val_images=len(val.labels))
+        model, detector, summary["detector"] = fit_detector(
+            result.model, train, val, params=params.detector, bins=params.evaluate.calibration_bins,
+            batch_size=params.evaluate.batch_size, seed=params.base.seed,
+        )  # fmt: skip
+        publish(
+            paths, name=name, result=result, model=model, summary=summary, detector=detector, state_dir=state_dir,
+            registered_name=f"{params.base.registered_model_prefix}{name}", class_names=train.class_names,
+            image_shape=train.images.shape[1:], batch_size=spec.batch_size,
+        )  # fmt: skip
 
 
 if __name__ == "__main__":
-    stage.run(main, description=__doc__, root=ROOT, extra_args=stage.model_arg)
+    stage.run(main, description=__doc__, script=__file__, extra_args=stage.model_arg)

@@ -13,57 +13,58 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from realfake import training
+from realfake.data.perturb import Degradation
+from realfake.training.fit import FitResult, fit_classifier
+from realfake.training.inputs import Batches
+from realfake.training.optim import build_optimizer, compile_classifier
+from realfake.training.seeding import seed_everything
 
-EPOCHS = 3
+EPOCHS = 4
 BATCH = 32
 N_TRAIN = 128  # 4 batches per epoch
 FINGERPRINT = "resume-test"
+# Every random source of an epoch: the shuffle, flips and shifts, degradations and dropout.
+DEGRADE = (Degradation("blur", 0.5, (0.3, 1.0)), Degradation("noise", 0.5, (1.0, 6.0)))
 
 
-def datasets(pipeline: str = "tf.data"):
-    """(train_ds, val_ds) from fixed random images; labels: brighter than average = 1.
-
-    `pipeline` "numpy" gives `training.ArrayBatches`, what the stages use under Keras' other backends.
-    """
+def batches() -> tuple[Batches, Batches]:
+    """(train, val) from fixed random images; labels: brighter than average = 1."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (N_TRAIN + 64, 32, 32, 3), dtype=np.uint8)
     labels = (images.mean(axis=(1, 2, 3)) > 127.5).astype(np.int64)
-    make = training.ArrayBatches if pipeline == "numpy" else training.make_dataset
-    settings = dict(batch_size=BATCH, seed=0, max_shift=0)
-    train = make(images[:N_TRAIN], labels[:N_TRAIN], shuffle=True, augment=("hflip",), **settings)
-    val = make(images[N_TRAIN:], labels[N_TRAIN:], shuffle=False, augment=(), **settings)
-    return train, val
+    train = Batches(images[:N_TRAIN], labels[:N_TRAIN], batch_size=BATCH, seed=0, shuffle=True, augment=("hflip",),
+                    max_shift=1, degrade=DEGRADE)  # fmt: skip
+    return train, Batches(images[N_TRAIN:], labels[N_TRAIN:], batch_size=BATCH)
 
 
 def compiled_model(*, learning_rate: float) -> keras.Model:
-    """A few-hundred-parameter binary classifier, compiled the way the stages compile theirs."""
-    training.seed_everything(0)
+    """A few-hundred-parameter binary classifier with dropout, compiled the way the stages compile theirs."""
+    seed_everything(0)
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
     x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.3, seed=0)(x)
     outputs = keras.layers.Dense(1, activation="sigmoid")(x)
     model = keras.Model(inputs, outputs)
-    optimizer = training.build_optimizer("adam", learning_rate=learning_rate, weight_decay=0.0)
-    return training.compile_classifier(
-        model, optimizer=optimizer, jit_compile=False, run_eagerly=False, label_smoothing=0.0
-    )
+    optimizer = build_optimizer("adam", learning_rate=learning_rate, weight_decay=0.0)
+    return compile_classifier(model, optimizer=optimizer, jit_compile=False, run_eagerly=False, label_smoothing=0.0)
 
 
-def fit(state_dir: Path, extra_callbacks=(), *, learning_rate: float = 0.01) -> training.FitResult:
-    train, val = datasets()
-    return training.fit_classifier(
+def fit(state_dir: Path, extra_callbacks=(), *, learning_rate: float = 0.01, **settings) -> FitResult:
+    train, val = batches()
+    return fit_classifier(
         compiled_model(learning_rate=learning_rate),
         train,
         val,
-        epochs=EPOCHS,
+        epochs=settings.pop("epochs", EPOCHS),
         state_dir=state_dir,
-        fingerprint=FINGERPRINT,
-        monitor="val_accuracy",
-        mode="max",
-        early_stopping_patience=None,
+        fingerprint=settings.pop("fingerprint", FINGERPRINT),
+        monitor=settings.pop("monitor", "val_accuracy"),
+        mode=settings.pop("mode", "max"),
+        early_stopping_patience=settings.pop("early_stopping_patience", None),
         extra_callbacks=extra_callbacks,
+        **settings,
     )
 
 

@@ -13,27 +13,43 @@ import keras
 import numpy as np
 import yaml
 from cifake_fixture import synthetic_image
+from ruamel.yaml import YAML
 
 REPO = Path(__file__).resolve().parents[1]
-COPIED = ["stages", "src", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore", "benchmarks/results"]
+COPIED = ["stages", "src", "params.yaml", "dvc.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
 
 
 def tiny_params(**overrides) -> dict:
-    """The repo's params with every size shrunk: 1-2 epochs, tiny batches, transfer models from scratch."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["prepare"].update(per_class=20, val_fraction=0.2)
-    params["train"]["run_eagerly"] = True  # tracing EfficientNetV2B3 costs about a minute; 1-epoch runs skip it
+    """The repo's params with every size shrunk (1 epoch, tiny batches, transfer models from scratch) and every value a
+    test relies on set here, so the tests pass whatever experiment is applied to the workspace's params.yaml."""
+    params = YAML(typ="safe", pure=True).load((REPO / "params.yaml").read_text())  # YAML 1.2, as DVC writes it
+    params["data"].update(source="archive", archive_sha256=None)
+    params["prepare"].update(per_class=20, val_fraction=0.2, augment=["rot90", "hflip"], drop_test_overlap=True)
+    params["train"].update(
+        run_eagerly=True, monitor="val_accuracy", monitor_mode="max", early_stopping_patience=None, strategy="auto"
+    )  # fmt: skip  (eager: tracing EfficientNetV2B3 costs about a minute)
+    params["detector"].update(calibration="temperature", operating_fprs=[0.01, 0.05], ood_percentile=99,
+                              ood_max_images=200)  # fmt: skip
     for spec in params["models"].values():
-        spec.update(epochs=1, batch_size=16, warmup_epochs=min(spec["warmup_epochs"], 0.5))
+        spec.update(epochs=1, batch_size=16, warmup_epochs=0, max_train_minutes=None, test_curve=False, degrade=[])
         if spec["architecture"] == "fast":
-            spec.update(stage_filters=[4, 8], convs_per_stage=1)
+            spec.update(stage_filters=[4, 8], convs_per_stage=1, tta_max_shift=0, flip_tta=True, max_shift=2)
         if "weights" in spec:  # transfer models: an eager step costs seconds whatever the batch: one per epoch
             spec.update(weights=None, batch_size=128)
-    params["evaluate"].update(n_bootstrap=50, batch_size=64)
-    params["explain"].update(per_cell=2)  # Grad-CAM of 8 images per model, not 16
+    params["models"]["fast_robust"]["degrade"] = [
+        {"kind": "jpeg", "probability": 0.5, "range": [30, 90]},
+        {"kind": "blur", "probability": 0.5, "range": [0.5, 1.0]},
+    ]
+    for name in ("fast", "fast_robust"):  # the plots of test accuracy against time read both
+        params["models"][name]["test_curve"] = True
+    params["evaluate"].update(n_bootstrap=50, batch_size=64, threshold=0.5, confidence=0.95, ood_photo_crops=20)
+    params["explain"].update(per_cell=2, candidates=400)  # Grad-CAM of 8 images per model, not 16
     params["dcgan"].update(noise_dim=8, dense_filters=8, g_filters=[8, 4], d_filters=[4, 8], epochs=1,
-                           batch_size=16, sample_every=1, sample_grid=2)  # fmt: skip
-    params["generate"].update(n_train=40, n_test=20, batch_size=16)
+                           batch_size=16, sample_every=1, sample_grid=2, max_images=None)  # fmt: skip
+    params["generate"].update(n_train=40, n_test=20, batch_size=16, jpeg_quality=75, jpeg_subsampling="4:2:0")
+    params["train_3class"].update(model="efficientnet_3class", val_fraction=0.1)
+    params["robustness"].update(max_images=None, perturbations=["jpeg 50", "downscale 2", "blur 1", "noise 5",
+                                                                "downscale 2 + jpeg 75"])  # fmt: skip
     for section, values in overrides.items():
         target = params
         *parents, last = section.split(".")
@@ -60,17 +76,18 @@ def write_prepared(root: Path, sizes=(("train", 64), ("val", 16), ("test", 24)),
         np.savez(folder / f"{name}.npz", images=images, labels=labels, class_names=np.array(["real", "fake"]))
 
 
-def sh(*cmd, cwd, env) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+def sh(*cmd, cwd, env, timeout: float = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
 
 
-def copy_repo(work: Path, archive: Path) -> dict:
-    """A committed git copy of the pipeline's files in `work` with tiny params reading `archive`; returns its env.
+def copy_repo(work: Path, archive: Path | str) -> dict:
+    """A committed git copy of the pipeline's files in `work` with tiny params reading `archive` (a path, or a
+    location as params.yaml would give it); returns its env.
 
-    The env puts the venv first on PATH (dvc.yaml runs `python stages/...`) and drops DVC's and MLflow's
-    variables, so the caller decides where runs are logged.
+    The env puts the venv first on PATH (stages/run.sh falls back to the python on PATH when the copy has no .venv)
+    and drops DVC's and MLflow's variables, so the caller decides where runs are logged.
     """
     for name in COPIED:
         src = REPO / name
@@ -80,6 +97,7 @@ def copy_repo(work: Path, archive: Path) -> dict:
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, work / name)
     params = tiny_params(data={"source": "archive", "archive": str(archive)})
+    (work / "data").mkdir(exist_ok=True)
     write_params(work, params)
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     for name in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "MLFLOW_TRACKING_URI"):

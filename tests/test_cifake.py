@@ -1,6 +1,8 @@
 """Reading, checking and decoding Kaggle-layout archives, with every kind of bad input named in the error."""
 
 import io
+import struct
+import tracemalloc
 import zipfile
 
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 from cifake_fixture import cifake_files, jpeg_bytes, write_zip
 from PIL import Image
 
-from realfake import cifake
+from realfake.data import cifake
 from realfake.errors import DataError
 
 
@@ -96,8 +98,12 @@ def test_corrupt_jpeg_is_named(tmp_path):
 
 
 def test_text_file_named_jpg_is_named(tmp_path):
-    with pytest.raises(DataError, match=r"train/REAL/bad\.jpg is not a readable image"):
-        decode_zip(_with_bad_image(tmp_path, b"this is not an image"))
+    archive = _with_bad_image(tmp_path, b"this is not an image")
+    with pytest.raises(DataError, match=r"train/REAL/bad\.jpg is not a readable image") as info:
+        decode_zip(archive)
+    message = str(info.value)
+    assert str(archive) in message and "this is not" in message  # the archive, and what the file holds
+    assert "object at 0x" not in message  # Pillow's text names an io.BytesIO, not the entry
 
 
 def test_wrong_size_is_named(tmp_path):
@@ -116,9 +122,102 @@ def test_rgba_is_named(tmp_path):
         decode_zip(_with_bad_image(tmp_path, rgba, name="train/REAL/bad.png"))
 
 
-def test_folder_source_reads_like_zip(tmp_path):
-    for name, data in cifake_files(per_folder=3, duplicates=0).items():
+def _folder_source(tmp_path, files):
+    for name, data in files.items():
         (tmp_path / "ds" / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "ds" / name).write_bytes(data)
-    raw = cifake.decode_entries(cifake.read_folder(tmp_path / "ds"))
+    return tmp_path / "ds"
+
+
+def test_folder_source_reads_like_zip(tmp_path):
+    raw = cifake.decode_entries(cifake.read_folder(_folder_source(tmp_path, cifake_files(per_folder=3, duplicates=0))))
     assert len(raw.images) == 12 and raw.count("test", "FAKE") == 3
+
+
+# ----------------------------------------------------------------------------- oversized images (zip bombs)
+
+
+def _write_with_zeros(path, name: str, size: int):
+    """A valid small CIFAKE zip plus `name` holding `size` zeros, deflated while streamed: the test stays small."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for member, data in cifake_files(per_folder=2, duplicates=0).items():
+            zf.writestr(member, data)
+        with zf.open(name, "w", force_zip64=True) as out:
+            block = bytes(1 << 20)
+            for _ in range(size // len(block)):
+                out.write(block)
+    return path
+
+
+def _understate_size(path, name: str, size: int) -> None:
+    """Make the central directory (what ZipInfo.file_size reports) declare `size` bytes for `name`."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"PK\x01\x02")
+    while data[at + 46 : at + 46 + struct.unpack_from("<H", data, at + 28)[0]] != name.encode():
+        at = data.find(b"PK\x01\x02", at + 4)
+        assert at >= 0, f"{name} not in the central directory"
+    struct.pack_into("<I", data, at + 24, size)
+    path.write_bytes(bytes(data))
+
+
+def test_zip_bomb_is_refused_before_reading(tmp_path, monkeypatch):
+    archive = _write_with_zeros(tmp_path / "bomb.zip", "train/REAL/bomb.jpg", 64 << 20)
+    assert archive.stat().st_size < 1 << 20  # 64 MiB of zeros deflate to a few hundred KB
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("an entry was read before its declared size was checked")
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", no_reading)
+    with pytest.raises(DataError, match=r"bomb\.zip: train/REAL/bomb\.jpg is 67108864 bytes, over the 1048576-byte"):
+        cifake.read_zip(archive)
+
+
+def test_reading_a_bomb_stops_after_the_cap(tmp_path):
+    """Even when the size check is skipped (an Entry made by hand), a read inflates little more than the cap."""
+    archive = _write_with_zeros(tmp_path / "bomb.zip", "train/REAL/bomb.jpg", 64 << 20)
+    entry = cifake.Entry("train/REAL/bomb.jpg", 0, 0, str(archive), "train/REAL/bomb.jpg", 1000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"bomb\.zip: train/REAL/bomb\.jpg is larger than the 1048576-byte"):
+            entry.read()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"reading allocated {peak} bytes at its peak"
+
+
+def test_understated_size_is_refused_by_name(tmp_path):
+    """A header may lie: 2 MiB of zeros declared as 1000 bytes pass the size check, yet are refused by name."""
+    files = cifake_files(per_folder=2, duplicates=0) | {"train/REAL/bomb.jpg": bytes(2 << 20)}
+    archive = write_zip(tmp_path / "liar.zip", files)
+    _understate_size(archive, "train/REAL/bomb.jpg", 1000)
+    entries = cifake.read_zip(archive)
+    with pytest.raises(DataError, match=r"liar\.zip: 1 image\(s\).*train/REAL/bomb\.jpg could not be read"):
+        cifake.decode_entries(entries, workers=1)
+
+
+@pytest.mark.parametrize("kind", ["zip", "folder"])
+def test_reads_stop_at_the_cap(tmp_path, monkeypatch, kind):
+    """Every read is bounded, whatever the size checked up front said: here the cap drops after listing."""
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    files = cifake_files(per_folder=2, duplicates=0) | {"train/REAL/big.png": jpeg_bytes(noise, format="PNG")}
+    if kind == "zip":
+        entries, source = cifake.read_zip(write_zip(tmp_path / "a.zip", files)), tmp_path / "a.zip"
+    else:
+        source = _folder_source(tmp_path, files)
+        entries = cifake.read_folder(source)
+    monkeypatch.setattr(cifake, "MAX_IMAGE_BYTES", 2048)  # the PNG of noise is about 3 KB, the JPEGs under 1 KB
+    big = next(e for e in entries if e.name.endswith("big.png"))
+    with pytest.raises(DataError, match=r"train/REAL/big\.png is larger than the 2048-byte limit"):
+        big.read()
+    with pytest.raises(DataError, match=r"1 image\(s\).*train/REAL/big\.png is larger than the 2048-byte") as info:
+        cifake.decode_entries(entries, workers=1)
+    assert str(info.value).startswith(f"{source}: ")
+
+
+def test_oversized_loose_file_is_refused(tmp_path):
+    root = _folder_source(tmp_path, cifake_files(per_folder=2, duplicates=0))
+    with open(root / "test/FAKE/huge.jpg", "wb") as fh:
+        fh.truncate(2 << 20)  # sparse: takes no disk space
+    with pytest.raises(DataError, match=r"ds: test/FAKE/huge\.jpg is 2097152 bytes, over the 1048576-byte limit"):
+        cifake.read_folder(root)

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from realfake.errors import DataError, ParamsError, RealfakeError
-from realfake.evaluation import wilson_interval
+from realfake.evaluation.cross import wilson_interval
 from realfake.paths import ProjectPaths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,7 +210,8 @@ def test_three_class_model_must_be_a_models_section(project):
 
 
 def test_confusion_by_kind_sums_sources_of_one_kind():
-    from realfake.evaluation import confusion_by_kind, confusion_table
+    from realfake.evaluation.cross import confusion_by_kind
+    from realfake.evaluation.reports import confusion_table
 
     names = ["real", "sd_fake", "dcgan_fake"]
     scores = {

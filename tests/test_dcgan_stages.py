@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import importlib.util
 import io
 import json
@@ -18,20 +19,22 @@ import numpy as np
 import pytest
 import yaml
 from cifake_fixture import synthetic_image
+from conftest import DATA_DIR
 from mlflow.tracking import MlflowClient
 from PIL import Image, JpegImagePlugin
 
-from realfake import generation
-from realfake.cifake import RawDataset, pixel_digests
+from realfake.data import generated as generation
+from realfake.data.cifake import RawDataset, pixel_digests
 from realfake.errors import ParamsError, RealfakeError
 from realfake.fileio import load_arrays, save_arrays
 from realfake.models.dcgan import generate_images
 from realfake.params import load_params
 from realfake.paths import ProjectPaths
-from realfake.training import EpochBackup
+from realfake.training import gan
+from realfake.training.state import EpochBackup, fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
-CIFAKE_SMALL = REPO.parent / "shared" / "data" / "cifake-small.zip"
+CIFAKE_SMALL = DATA_DIR / "cifake-small.zip"
 N_DISTINCT_REAL_TRAIN = 20
 TINY = {
     "dcgan": dict(noise_dim=8, dense_filters=8, g_filters=[8, 4], d_filters=[4, 8], kernel_size=3, dropout=0.3,
@@ -114,11 +117,11 @@ def trained(tmp_path_factory):
         mp.setattr(EpochBackup, "on_epoch_end", stop_after_first_backup)
         with pytest.raises(KeyboardInterrupt):
             train_dcgan.main(paths, args)
-    [state] = (paths.state / "train_dcgan").iterdir()
+    [state] = [p for p in (paths.state / "train_dcgan").iterdir() if p.is_dir()]  # beside it: its .lock file
     before = SimpleNamespace(
-        history=json.loads((state / train_dcgan.HISTORY).read_text()),
-        samples=sorted(p.name for p in (state / train_dcgan.SAMPLES).iterdir()),
-        epoch1_png=(state / train_dcgan.SAMPLES / "epoch_001.png").read_bytes(),
+        history=json.loads((state / gan.HISTORY).read_text()),
+        samples=sorted(p.name for p in (state / gan.SAMPLES).iterdir()),
+        epoch1_png=(state / gan.SAMPLES / "epoch_001.png").read_bytes(),
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
@@ -213,16 +216,41 @@ def test_train_dcgan_resumes_after_the_last_backed_up_epoch(trained):
     assert "dcgan/samples/final.png" in artifacts
 
 
+def test_a_dcgan_killed_after_its_last_backup_is_not_trained_again(tmp_path, monkeypatch):
+    base = load_params(REPO / "params.yaml", sections=["dcgan"]).dcgan
+    tiny = {k: tuple(v) if isinstance(v, list) else v for k, v in TINY["dcgan"].items()}
+    dcgan = dataclasses.replace(base, **tiny | {"epochs": 1})
+    images = generation.real_train_images(tiny_raw())
+    state = tmp_path / "state"
+
+    def killed_before_the_backup_is_dropped(self, logs=None):
+        raise KeyboardInterrupt  # fit's last step: the final backup is committed, fit has not returned
+
+    with monkeypatch.context() as mp:
+        mp.setattr(EpochBackup, "on_train_end", killed_before_the_backup_is_dropped)
+        with pytest.raises(KeyboardInterrupt):
+            gan.train_dcgan(images, state, dcgan=dcgan, seed=0)
+    trained = json.loads((state / gan.HISTORY).read_text())
+    assert [e["epoch"] for e in trained] == [1]
+
+    records = []
+    result = gan.train_dcgan(images, state, dcgan=dcgan, seed=0, on_record=records.append)
+    assert result.resumed_epochs == 1 and result.history == trained  # carried over, nothing trained again
+    assert records == trained  # every epoch still reaches on_record (the stage logs them to MLflow)
+
+
 def test_train_dcgan_fingerprint_follows_params_and_images():
+    # the stage's state folder: fingerprint(dcgan params, seed, arrays=[the training images])
     params = load_params(REPO / "params.yaml", sections=["dcgan"]).dcgan
     images = generation.real_train_images(tiny_raw())
-    fp = train_dcgan.fingerprint(params, 1, images)
-    assert fp == train_dcgan.fingerprint(params, 1, images.copy())
-    assert fp != train_dcgan.fingerprint(params, 2, images)
-    assert fp != train_dcgan.fingerprint(params, 1, images[:-1])
+    fp = fingerprint(params, 1, arrays=[images])
+    assert fp == fingerprint(params, 1, arrays=[images.copy()])
+    assert fp != fingerprint(params, 2, arrays=[images])
+    assert fp != fingerprint(dataclasses.replace(params, epochs=params.epochs + 1), 1, arrays=[images])
+    assert fp != fingerprint(params, 1, arrays=[images[:-1]])
     changed = images.copy()
     changed[0, 0, 0, 0] ^= 1
-    assert fp != train_dcgan.fingerprint(params, 1, changed)
+    assert fp != fingerprint(params, 1, arrays=[changed])
 
 
 # ----------------------------------------------------------------------------- stage generate

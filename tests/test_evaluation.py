@@ -8,8 +8,9 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 from stage_helpers import checker_model
 
-from realfake import evaluation as ev
-from realfake.plots import heatmap_png
+from realfake.evaluation import cross, reports, scoring
+from realfake.evaluation import metrics as ev
+from realfake.evaluation.plots import heatmap_png
 
 BINARY = ["real", "fake"]
 THREE = ["real", "sd_fake", "dcgan_fake"]
@@ -263,12 +264,12 @@ def test_multiclass_auc_null_when_a_class_is_absent():
 
 
 def test_p_fake_and_predict_labels():
-    assert ev.p_fake(PROBS6) == pytest.approx([0.3, 0.7, 0.9, 0.8, 0.9, 0.8])  # 1 - P(real)
+    assert scoring.p_fake(PROBS6) == pytest.approx([0.3, 0.7, 0.9, 0.8, 0.9, 0.8])  # 1 - P(real)
     two = np.array([[0.6, 0.4], [0.5, 0.5], [0.1, 0.9]])
-    assert ev.predict_labels(two, threshold=0.5).tolist() == [0, 1, 1]
-    assert ev.predict_labels(PROBS6, threshold=0.5).tolist() == [0, 1, 1, 2, 2, 2]
+    assert scoring.predict_labels(two, threshold=0.5).tolist() == [0, 1, 1]
+    assert scoring.predict_labels(PROBS6, threshold=0.5).tolist() == [0, 1, 1, 2, 2, 2]
     with pytest.raises(ValueError, match="C >= 2"):
-        ev.p_fake(np.array([[0.5], [0.2]]))
+        scoring.p_fake(np.array([[0.5], [0.2]]))
 
 
 class RecordingModel:
@@ -293,17 +294,17 @@ class RecordingModel:
 def test_predict_proba_casts_batch_by_batch():
     images = np.stack([np.full((32, 32, 3), v, np.uint8) for v in (0, 51, 102, 153, 204)])
     model = RecordingModel()
-    probs = ev.predict_proba(model, images, batch_size=2)
+    probs = scoring.predict_proba(model, images, batch_size=2)
     assert model.batches == [("traced", np.float32, 2), ("traced", np.float32, 2), ("traced", np.float32, 1)]
     assert probs == pytest.approx(np.array([[1.0, 0.0], [0.8, 0.2], [0.6, 0.4], [0.4, 0.6], [0.2, 0.8]]))
-    assert ev.predict_proba(model, images[:0], batch_size=2).shape == (0, 2)
+    assert scoring.predict_proba(model, images[:0], batch_size=2).shape == (0, 2)
 
 
 def test_predict_proba_scores_a_single_batch_eagerly():
     """Tracing a predict graph costs seconds for the big models and pays off only over several batches."""
     images = np.stack([np.full((32, 32, 3), v, np.uint8) for v in (0, 51, 102)])
     model = RecordingModel()
-    probs = ev.predict_proba(model, images, batch_size=3)
+    probs = scoring.predict_proba(model, images, batch_size=3)
     assert model.batches == [("eager", np.float32, 3)]
     assert probs == pytest.approx(np.array([[1.0, 0.0], [0.8, 0.2], [0.6, 0.4]]))
 
@@ -311,14 +312,14 @@ def test_predict_proba_scores_a_single_batch_eagerly():
 def test_predict_proba_eager_and_traced_paths_agree_on_a_keras_model():
     model = checker_model()
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    eager = ev.predict_proba(model, images, batch_size=6)
-    traced = ev.predict_proba(model, images, batch_size=4)
+    eager = scoring.predict_proba(model, images, batch_size=6)
+    traced = scoring.predict_proba(model, images, batch_size=4)
     assert eager == pytest.approx(traced, abs=1e-6)
 
 
 def test_predict_proba_rejects_scaled_images():
     with pytest.raises(ValueError, match="uint8"):
-        ev.predict_proba(RecordingModel(), np.zeros((2, 32, 32, 3), np.float32), batch_size=2)
+        scoring.predict_proba(RecordingModel(), np.zeros((2, 32, 32, 3), np.float32), batch_size=2)
 
 
 def tiny_model(units, activation, kernel, bias):
@@ -343,18 +344,18 @@ def constant_images(*colours):
 def test_predict_proba_sigmoid_model_gives_two_columns():
     # logit = 0.01 * (r + g + b) - 3.825: grey 127.5 would give 0; grey 255 gives 3.825, black -3.825.
     model = tiny_model(1, "sigmoid", [[0.01], [0.01], [0.01]], [-3.825])
-    probs = ev.predict_proba(model, constant_images((0, 0, 0), (255, 255, 255), (255, 0, 0)), batch_size=2)
+    probs = scoring.predict_proba(model, constant_images((0, 0, 0), (255, 255, 255), (255, 0, 0)), batch_size=2)
     fake = 1 / (1 + np.exp(-np.array([-3.825, 3.825, 2.55 - 3.825])))  # 0.0213, 0.9787, 0.2184
     assert probs.shape == (3, 2)
     assert probs[:, 1] == pytest.approx(fake, abs=1e-6)
     assert probs.sum(axis=1) == pytest.approx(1.0)
-    assert ev.p_fake(probs) == pytest.approx(fake, abs=1e-6)
+    assert scoring.p_fake(probs) == pytest.approx(fake, abs=1e-6)
 
 
 def test_predict_proba_softmax_model_passes_probabilities_through():
     # logits = 0.01 * (r, g, b): black -> 1/3 each; pure red -> (e^2.55, 1, 1) / (e^2.55 + 2).
     model = tiny_model(3, "softmax", np.eye(3) * 0.01, [0, 0, 0])
-    probs = ev.predict_proba(model, constant_images((0, 0, 0), (255, 0, 0), (0, 0, 255)), batch_size=2)
+    probs = scoring.predict_proba(model, constant_images((0, 0, 0), (255, 0, 0), (0, 0, 255)), batch_size=2)
     e = np.exp(2.55)
     expected = [
         [1 / 3, 1 / 3, 1 / 3],
@@ -362,7 +363,7 @@ def test_predict_proba_softmax_model_passes_probabilities_through():
         [1 / (e + 2), 1 / (e + 2), e / (e + 2)],
     ]
     assert probs == pytest.approx(np.array(expected), abs=1e-6)
-    assert ev.p_fake(probs) == pytest.approx([2 / 3, 2 / (e + 2), (e + 1) / (e + 2)], abs=1e-6)
+    assert scoring.p_fake(probs) == pytest.approx([2 / 3, 2 / (e + 2), (e + 1) / (e + 2)], abs=1e-6)
 
 
 # ---- Wilson interval and cross-evaluation --------------------------------------------------------
@@ -371,28 +372,28 @@ def test_predict_proba_softmax_model_passes_probabilities_through():
 def test_wilson_interval_known_values():
     # By hand, 5/10 at 95% (z = 1.95996): centre 0.5, half width z / (1 + z^2/10) * sqrt(0.025 + z^2/400)
     # = 1.41602 * 0.18602 = 0.26341 -> [0.2366, 0.7634].
-    assert ev.wilson_interval(5, 10, confidence=0.95) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert cross.wilson_interval(5, 10, confidence=0.95) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     # Newcombe (1998), Statistics in Medicine 17:857, Table I, method 3.
-    assert ev.wilson_interval(81, 263, confidence=0.95) == pytest.approx((0.2553, 0.3662), abs=1e-4)
-    assert ev.wilson_interval(15, 148, confidence=0.95) == pytest.approx((0.0624, 0.1605), abs=1e-4)
-    assert ev.wilson_interval(0, 20, confidence=0.95) == pytest.approx((0.0, 0.1611), abs=1e-4)
-    assert ev.wilson_interval(0, 20, confidence=0.95)[0] == 0.0
-    assert ev.wilson_interval(20, 20, confidence=0.95)[1] == 1.0
+    assert cross.wilson_interval(81, 263, confidence=0.95) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    assert cross.wilson_interval(15, 148, confidence=0.95) == pytest.approx((0.0624, 0.1605), abs=1e-4)
+    assert cross.wilson_interval(0, 20, confidence=0.95) == pytest.approx((0.0, 0.1611), abs=1e-4)
+    assert cross.wilson_interval(0, 20, confidence=0.95)[0] == 0.0
+    assert cross.wilson_interval(20, 20, confidence=0.95)[1] == 1.0
     with pytest.raises(ValueError):
-        ev.wilson_interval(0, 0, confidence=0.95)
+        cross.wilson_interval(0, 0, confidence=0.95)
 
 
 def test_source_score_binary_model_on_fakes_and_reals():
     p = np.array([0.9, 0.2, 0.6, 0.5])  # fake, real, fake, fake at threshold 0.5
-    on_fakes = ev.source_score(p, true_kind="dcgan_fake", class_names=BINARY, threshold=0.5, confidence=0.95)
+    on_fakes = cross.source_score(p, true_kind="dcgan_fake", class_names=BINARY, threshold=0.5, confidence=0.95)
     assert on_fakes["n"] == 4 and on_fakes["n_correct"] == 3 and on_fakes["share_correct"] == 0.75
     assert on_fakes["predicted_counts"] == {"real": 1, "fake": 3}
     assert on_fakes["share_flagged_fake"] == 0.75
-    assert on_fakes["ci"] == pytest.approx(list(ev.wilson_interval(3, 4, confidence=0.95)))
-    on_reals = ev.source_score(p, true_kind="real", class_names=BINARY, threshold=0.5, confidence=0.95)
+    assert on_fakes["ci"] == pytest.approx(list(cross.wilson_interval(3, 4, confidence=0.95)))
+    on_reals = cross.source_score(p, true_kind="real", class_names=BINARY, threshold=0.5, confidence=0.95)
     assert (on_reals["n_correct"], on_reals["share_correct"]) == (1, 0.25)
     # A softmax 2-class model's (N, 2) probabilities score the same way.
-    as_columns = ev.source_score(
+    as_columns = cross.source_score(
         np.stack([1 - p, p], axis=1), true_kind="sd_fake", class_names=BINARY, threshold=0.5, confidence=0.95
     )
     assert as_columns["n_correct"] == 3
@@ -402,12 +403,12 @@ def test_source_score_three_class_model_needs_the_exact_kind():
     probs = np.array(
         [[0.1, 0.2, 0.7], [0.2, 0.5, 0.3], [0.0, 0.1, 0.9], [0.6, 0.3, 0.1], [0.3, 0.3, 0.4]]
     )  # argmax: dcgan, sd, dcgan, real, dcgan
-    s = ev.source_score(probs, true_kind="dcgan_fake", class_names=THREE, threshold=0.5, confidence=0.95)
+    s = cross.source_score(probs, true_kind="dcgan_fake", class_names=THREE, threshold=0.5, confidence=0.95)
     assert s["n_correct"] == 3 and s["share_correct"] == pytest.approx(0.6)
     assert s["predicted_counts"] == {"real": 1, "sd_fake": 1, "dcgan_fake": 3}
     assert s["share_flagged_fake"] == pytest.approx(0.8)  # any non-real prediction
     with pytest.raises(ValueError, match="true_kind"):
-        ev.source_score(probs, true_kind="gan", class_names=THREE, threshold=0.5, confidence=0.95)
+        cross.source_score(probs, true_kind="gan", class_names=THREE, threshold=0.5, confidence=0.95)
 
 
 def test_cross_evaluation_table_and_matrix():
@@ -418,13 +419,13 @@ def test_cross_evaluation_table_and_matrix():
         },
         "effnet_3class": {"dcgan_fake": {"n": 1000, "share_correct": 0.002, "ci": [0.0005, 0.0073]}},
     }
-    assert ev.cross_evaluation_table(scores).splitlines() == [
+    assert reports.cross_evaluation_table(scores).splitlines() == [
         "| model | real | dcgan_fake |",
         "|---|---|---|",
         "| cnn | 0.943 [0.94, 0.95] (n=5000) | 0.410 [0.38, 0.44] (n=1000) |",
         "| effnet_3class | n/a | 0.002 [0.00, 0.01] (n=1000) |",
     ]
-    matrix, models, sources = ev.cross_evaluation_matrix(scores)
+    matrix, models, sources = cross.cross_evaluation_matrix(scores)
     assert models == ["cnn", "effnet_3class"] and sources == ["real", "dcgan_fake"]
     np.testing.assert_allclose(matrix, [[0.9434, 0.41], [np.nan, 0.002]])
 

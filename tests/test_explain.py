@@ -1,4 +1,4 @@
-"""Grad-CAM (realfake.explain), the `explain` stage and `realfake explain`."""
+"""Grad-CAM (realfake.evaluation.explain), the `explain` stage and `realfake explain`."""
 
 import json
 import sys
@@ -8,11 +8,12 @@ import pytest
 from PIL import Image
 from stage_helpers import REPO, checker_model, tiny_params, write_params, write_prepared
 
-from realfake import cli, explain
+from realfake.evaluation import explain
 from realfake.models.cnn import build_cnn
 from realfake.models.fast import build_fast
 from realfake.models.transfer import build_efficientnet, build_resnet50
 from realfake.paths import ProjectPaths
+from realfake.serving import cli
 
 sys.path.insert(0, str(REPO / "stages"))
 import explain as explain_stage  # noqa: E402

@@ -1,4 +1,4 @@
-"""Model factories: architectures as the seed specifies, safe-mode save/load, offline weights, the DCGAN."""
+"""Model factories: architectures as the reference study specifies, safe-mode save/load, offline weights, the DCGAN."""
 
 import hashlib
 import urllib.error
@@ -9,25 +9,11 @@ import pytest
 import tensorflow as tf
 
 from realfake.errors import ParamsError, WeightsUnavailableError
-from realfake.models import (
-    DCGAN,
-    FlipTTAMean,
-    FlipTTAStack,
-    ResNetPreprocess,
-    SpaceToDepth,
-    TTAMean,
-    TTAViews,
-    build_cnn,
-    build_discriminator,
-    build_efficientnet,
-    build_fast,
-    build_generator,
-    build_resnet50,
-    fetch_weights,
-    generate_images,
-    generated_to_uint8,
-)
-from realfake.models.transfer import WeightsFile
+from realfake.models.cnn import build_cnn
+from realfake.models.dcgan import DCGAN, build_discriminator, build_generator, generate_images, generated_to_uint8
+from realfake.models.fast import build_fast
+from realfake.models.layers import FlipTTAMean, FlipTTAStack, ResNetPreprocess, SpaceToDepth, TTAMean, TTAViews
+from realfake.models.transfer import WeightsFile, build_efficientnet, build_resnet50, fetch_weights
 
 SHAPE = (32, 32, 3)
 

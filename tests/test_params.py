@@ -1,41 +1,70 @@
 """params.yaml validation: each mistake is named by its dotted key with the allowed values."""
 
 import copy
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from stage_helpers import REPO, tiny_params
 
 from realfake.errors import ParamsError
 from realfake.params import flatten, load_params
 
-REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-
 
 def write(tmp_path, mutate) -> Path:
-    raw = yaml.safe_load(REPO_PARAMS.read_text())
+    raw = tiny_params()  # whatever experiment the workspace's params.yaml holds, these values are the tests' own
     mutate(raw)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
 
-def test_repo_params_are_valid():
-    params = load_params(REPO_PARAMS)
-    assert params.prepare.augment == ("rot90", "hflip") and params.data.source == "kaggle"
+def test_committed_params_are_valid(tmp_path):
+    """The committed params.yaml (not the workspace's, which an applied experiment may have rewritten) loads."""
+    try:
+        text = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        text = (REPO / "params.yaml").read_text()  # not a git checkout: the file itself
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    params = load_params(path)
+    assert set(params.models) >= {"cnn", "efficientnet", "resnet50", "fast", "fast_robust", "efficientnet_3class"}
 
 
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
         (lambda p: p["prepare"].update(per_clas=3), r"prepare: unknown key\(s\) per_clas; allowed keys: .*per_class"),
-        (lambda p: p["data"].update(source="ftp"), r"data.source: 'ftp' is not allowed; use one of kaggle, archive"),
+        (lambda p: p["data"].update(source="ftp"), r"data.source: 'ftp' is not allowed; use one of auto, kaggle, arch"),
+        (lambda p: p.update(trian={"epochs": 3}), r"unknown section\(s\) trian; allowed: base, data"),
+        (lambda p: p["prepare"].update(per_class="most"), r"prepare.per_class: 'most' is not allowed; use one of all"),
+        (
+            lambda p: p["models"]["fast"].update(degrade=[{"kind": "jpeg", "probability": 2, "range": [30, 90]}]),
+            r"models.fast.degrade\[0\]: probability must be in \[0, 1\], got 2",
+        ),
+        (
+            lambda p: p["models"]["fast"].update(degrade=[{"kind": "jpeg", "probability": 0.5, "range": [30, 99]}]),
+            r"models.fast.degrade\[0\]: jpeg 99: JPEG quality must be a whole number in 1..95",
+        ),
+        (
+            lambda p: p["models"]["fast"].update(degrade=[{"kind": "rain", "probability": 0.5, "range": [1, 2]}]),
+            r"models.fast.degrade\[0\].kind: 'rain' is not allowed",
+        ),
+        (lambda p: p["models"]["fast"].update(max_train_minutes=0), r"models.fast.max_train_minutes: must be greater"),
+        (lambda p: p["robustness"].update(perturbations=["blur"]), r"robustness.perturbations\[0\]: 'blur': write"),
+        (lambda p: p["robustness"].update(perturbations=["jpeg 50 + rain 2"]), r"perturbations\[0\]: unknown kind"),
+        (lambda p: p["robustness"].update(perturbations=["jpeg 50", "jpeg 50"]), r"lists a perturbation twice"),
+        (lambda p: p["detector"].update(operating_fprs=[0]), r"detector.operating_fprs: each rate must be in \(0, 1\)"),
         (lambda p: p["prepare"].update(augment=["blur"]), r"prepare.augment: unknown augmentation 'blur'.*rot90"),
         (lambda p: p["prepare"].update(per_class=0), r"prepare.per_class: must be greater than 0"),
         (lambda p: p["prepare"].update(per_class=-5), r"prepare.per_class: must be greater than 0"),
-        (lambda p: p["prepare"].update(per_class="many"), r"prepare.per_class: expected int, got 'many'"),
         (lambda p: p["prepare"].update(val_fraction=1.5), r"prepare.val_fraction: must be in \[0, 1\)"),
-        (lambda p: p["data"].update(source="archive"), r"data.archive: required when data.source is 'archive'"),
+        (
+            lambda p: p["data"].update(source="archive", archive=None),
+            r"data.archive: required when data.source is 'archive'",
+        ),
         (lambda p: p["data"].update(archive_sha256="abc"), r"data.archive_sha256: expected 64 hex digits"),
         (lambda p: p["base"].pop("seed"), r"base: missing key\(s\) base.seed"),
         (lambda p: p.pop("prepare"), r"missing section 'prepare'"),
@@ -71,15 +100,23 @@ def test_bad_values_are_named(tmp_path, mutate, message):
 
 def test_only_requested_sections_are_validated(tmp_path):
     path = write(tmp_path, lambda p: p["prepare"].update(per_class=0))
-    assert load_params(path, sections=["base", "data"]).data.source == "kaggle"
+    assert load_params(path, sections=["base", "data"]).data.source == "archive"
+
+
+def test_per_class_all_and_perturbation_chains(tmp_path):
+    path = write(tmp_path, lambda p: p["prepare"].update(per_class="all"))
+    params = load_params(path)
+    assert params.prepare.per_class == "all"
+    chain = params.robustness.parsed()[-1]
+    assert chain.name == "downscale_2+jpeg_75" and [s.kind for s in chain.steps] == ["downscale", "jpeg"]
 
 
 def test_params_rewritten_by_dvc_exp_run_keep_their_strings(tmp_path):
     """`dvc exp run -S` rewrites params.yaml with DVC's own YAML writer, which drops the quotes of "4:2:0"."""
     from dvc.utils.serialize import modify_yaml
 
-    path = tmp_path / "params.yaml"
-    path.write_text(REPO_PARAMS.read_text())
+    path = write(tmp_path, lambda p: None)
+    path.write_text(path.read_text().replace("'4:2:0'", '"4:2:0"'))
     with modify_yaml(path) as raw:
         raw["prepare"]["per_class"] = 7
     assert '"4:2:0"' not in path.read_text()  # what made the real run's `generate` fail

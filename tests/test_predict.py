@@ -3,10 +3,13 @@
 import csv
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
+import zipfile
 import zlib
+from importlib.metadata import version
 from pathlib import Path
 
 import keras
@@ -14,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from realfake import predict
-from realfake.cli import main
+from realfake.models.detector import DetectorInfo, info_path, save_info
+from realfake.serving import predict
+from realfake.serving.cli import main
 
 SIZE = (32, 32)
 GREEN = (30, 200, 60)
@@ -24,7 +28,7 @@ INK = (10, 20, 30)
 
 @pytest.fixture(autouse=True)
 def _restore_pillow_limit(monkeypatch):
-    """The command sets Pillow's process-wide bomb limit; put it back for the rest of the test session."""
+    """The command sets Pillow's process-wide bomb limit; put it back for the tests that follow."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
 
 
@@ -46,6 +50,44 @@ def tiny_model(outputs: int, activation: str, seed: int) -> keras.Model:
     )
 
 
+def colour_model() -> keras.Model:
+    """P(fake) = sigmoid(2 * (r + g + b) / 255 - 4) of the mean colour, which is also its feature vector (/255):
+    GREEN images get 0.150, WHITE ones 0.881."""
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ],
+        name="colour",
+    )
+    model.layers[-1].set_weights([np.full((3, 1), 2.0, np.float32), np.array([-4.0], np.float32)])
+    return model
+
+
+def p_colour(rgb) -> float:
+    return float(1 / (1 + np.exp(-(2 * sum(rgb) / 255 - 4))))
+
+
+WHITE = (255, 255, 255)
+# Detector extras of the colour model: its OOD statistics are one class mean at GREEN with a precision of 100 per
+# channel, so a GREEN image lies at distance 0 and a WHITE one at 100 * |WHITE - GREEN|^2 / 255^2 = 141, over the
+# cutoff of 1. Its operating points: at most 1% of real validation images flagged at P(fake) >= 0.9, 5% at 0.5.
+POINTS = {
+    "fpr_0.01": {"max_fpr": 0.01, "threshold": 0.9, "fpr": 0.008, "recall": 0.25},
+    "fpr_0.05": {"max_fpr": 0.05, "threshold": 0.5, "fpr": 0.04, "recall": 0.75},
+}
+WHITE_DISTANCE = 100 * sum((w - g) ** 2 for w, g in zip(WHITE, GREEN, strict=True)) / 255**2
+
+
+def colour_detector() -> DetectorInfo:
+    return DetectorInfo(
+        temperature=1.0, operating_points=POINTS, ood_means=np.array([GREEN], np.float32) / 255,
+        ood_precision=np.eye(3, dtype=np.float32) * 100, ood_cutoff=1.0, ood_percentile=99.0, fitted_on={},
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("models")
@@ -53,6 +95,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
     for name, outputs, activation in [("sigmoid", 1, "sigmoid"), ("softmax", 2, "softmax"), ("three", 3, "softmax")]:
         files[name] = folder / f"{name}.keras"
         tiny_model(outputs, activation, seed=outputs).save(files[name])
+    files["colour"] = folder / "colour.keras"
+    colour_model().save(files["colour"])
+    save_info(info_path(files["colour"]), colour_detector())
     return files
 
 
@@ -98,6 +143,11 @@ def images(tmp_path_factory) -> dict[str, Path]:
     files["bomb"] = bad / "bomb.png"
     png_with_huge_header(files["bomb"], 100_000, 100_000)
     files["good"], files["bad"] = good, bad
+    colours = root / "colours"
+    colours.mkdir()
+    for name, colour, side in [("green", GREEN, 32), ("white", WHITE, 32), ("green64", GREEN, 64)]:
+        files[name] = colours / f"{name}.png"
+        Image.new("RGB", (side, side), colour).save(files[name])
     return files
 
 
@@ -106,7 +156,8 @@ BAD = ("truncated", "text", "bomb")
 
 
 def load(path: Path, max_pixels: int = predict.MAX_PIXELS) -> np.ndarray:
-    return predict.load_image(path, size=SIZE, max_pixels=max_pixels)
+    pixels, _ = predict.load_image(path, size=SIZE, max_pixels=max_pixels)
+    return pixels
 
 
 def expected_p_fake(model_file: Path, paths) -> np.ndarray:
@@ -128,9 +179,15 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
 def test_32x32_jpeg_gives_exactly_the_decoded_pixels(images):
     with Image.open(images["cifake.jpg"]) as im:
         decoded = np.asarray(im)  # what prepare/cifake.py stores for a CIFAKE JPEG
-    pixels = load(images["cifake.jpg"])
-    assert pixels.dtype == np.uint8 and pixels.shape == (32, 32, 3)
+    pixels, resampled = predict.load_image(images["cifake.jpg"], size=SIZE, max_pixels=predict.MAX_PIXELS)
+    assert pixels.dtype == np.uint8 and pixels.shape == (32, 32, 3) and resampled is False
     np.testing.assert_array_equal(pixels, decoded)
+
+
+@pytest.mark.parametrize(("name", "resampled"), [("cifake.jpg", False), ("gray.png", False), ("rgba.png", False),
+                                                 ("wide.png", True), ("nested", True)])  # fmt: skip
+def test_load_image_says_whether_it_resampled(images, name, resampled):
+    assert predict.load_image(images[name], size=SIZE, max_pixels=predict.MAX_PIXELS)[1] is resampled
 
 
 def test_larger_image_is_centre_cropped_then_resized(images):
@@ -174,7 +231,45 @@ def test_find_images_recurses_by_extension_and_reports_missing(images, tmp_path)
     ]
 
 
+def test_find_images_skips_pipes_and_broken_links_without_opening_them(images, tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "real.png").write_bytes(images["green"].read_bytes())
+    os.mkfifo(folder / "x.jpg")  # opening it for reading would block until a writer comes
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    os.mkfifo(tmp_path / "named.png")
+    found, problems = predict.find_images([folder, tmp_path / "named.png", Path("/dev/null")])
+    assert found == [folder / "real.png"]
+    assert [(p.name, reason.split(";")[0]) for p, reason in problems] == [
+        ("gone.png", "not a regular file (a pipe, device or broken link)"),
+        ("x.jpg", "not a regular file (a pipe, device or broken link)"),
+        ("named.png", "not a regular file (a pipe, device or socket)"),
+        ("null", "not a regular file (a pipe, device or socket)"),
+    ]
+    with pytest.raises(predict.UnreadableImageError, match="not a regular file"):
+        predict.load_image(folder / "x.jpg", size=SIZE, max_pixels=predict.MAX_PIXELS)
+
+
+def test_display_path_writes_undecodable_bytes_as_escapes():
+    name = Path(os.fsdecode(b"/photos/bad\xff\xfe.jpg"))
+    assert predict.display_path(name) == "/photos/bad\\xff\\xfe.jpg"
+    assert predict.display_path(Path("/photos/caf\u00e9.jpg")) == "/photos/caf\u00e9.jpg"  # valid UTF-8 kept as is
+
+
 # ---- the command -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _outside_any_repo(tmp_path, monkeypatch):
+    """Each test starts in an empty folder: the workspace's own params.yaml, models and mlflow.db play no part."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def stderr_lines(err: str, marker: str = "realfake: ") -> list[str]:
+    return [line for line in err.splitlines() if line.startswith(marker)]
 
 
 def test_predict_classifies_good_files_reports_bad_ones_and_exits_1(models, images, capsys):
@@ -200,40 +295,143 @@ def test_predict_classifies_good_files_reports_bad_ones_and_exits_1(models, imag
     assert "decompression bomb" in skipped[str(images["bomb"])]
 
 
+def test_resampled_images_are_flagged_in_every_format_with_one_warning(models, images, capsys):
+    resampled = {str(images[n]): n in ("wide.png", "nested") for n in GOOD}
+    code, out, err = run_cli(capsys, images["good"], "--model", models["sigmoid"], "--format", "json")
+    assert code == 0
+    rows = json.loads(out)
+    assert {r["path"]: r["resampled"] for r in rows} == resampled
+    assert all(r["ood"] is None and r["ood_score"] is None for r in rows)  # no detector file: no OOD verdict
+    (warning,) = stderr_lines(err)  # one line, whatever the number of images
+    assert warning.startswith("realfake: warning: 2 image(s) were not 32x32 and were resized")
+    assert "accuracy on resized images was not measured" in warning
+
+    code, out, err = run_cli(capsys, images["good"], "--model", models["sigmoid"], "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert list(rows[0]) == ["path", "p_fake", "label", "model", "resampled", "ood", "ood_score"]
+    assert {r["path"]: r["resampled"] for r in rows} == {p: str(flag) for p, flag in resampled.items()}
+    assert {(r["ood"], r["ood_score"]) for r in rows} == {("", "")}
+    assert len(stderr_lines(err)) == 1
+
+    code, out, err = run_cli(capsys, images["good"], "--model", models["sigmoid"])
+    header, *lines = out.splitlines()
+    assert header.split() == ["path", "P(fake)", "label", "model", "resampled", "out", "of", "distribution"]
+    assert {line.split()[0]: line.split()[4] for line in lines} == {
+        p: "yes" if flag else "no" for p, flag in resampled.items()
+    }
+    assert len(stderr_lines(err)) == 1
+
+    code, _, err = run_cli(capsys, images["cifake.jpg"], images["gray.png"], "--model", models["sigmoid"])
+    assert code == 0 and stderr_lines(err) == []  # nothing resized: no warning
+
+
 def test_table_and_csv_formats(models, images, capsys):
     code, table, _ = run_cli(capsys, images["good"], "--model", models["sigmoid"])
     assert code == 0
     header, *lines = table.splitlines()
-    assert header.split() == ["path", "P(fake)", "label", "model"]
+    assert header.split()[:5] == ["path", "P(fake)", "label", "model", "resampled"]
     assert len(lines) == len(GOOD)
     code, text, _ = run_cli(capsys, images["good"], "--model", models["sigmoid"], "--format", "csv")
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [r["path"] for r in rows] == [line.split()[0] for line in lines]  # same files, same order
     for row, line in zip(rows, lines, strict=True):
-        _, p, label, model = line.split()
+        _, p, label, model, _ = line.split()  # no OOD column content without a detector file
         assert p == f"{float(row['p_fake']):.4f}" and len(p.split(".")[1]) == 4
         assert (label, model) == (row["label"], row["model"]) == (label, "sigmoid")
 
 
 def test_batches_give_the_same_result_as_one_batch(models, images, capsys):
-    _, one, _ = run_cli(capsys, images["good"], "--model", models["sigmoid"], "--format", "json")
+    _, one, err = run_cli(capsys, images["good"], "--model", models["sigmoid"], "--format", "json")
+    assert "5/5" not in err  # one batch: no progress bar
     _, many, err = run_cli(capsys, images["good"], "--model", models["sigmoid"], "--format", "json",
                            "--batch-size", "2")  # fmt: skip
     for a, b in zip(json.loads(one), json.loads(many), strict=True):
         assert a["path"] == b["path"] and a["p_fake"] == pytest.approx(b["p_fake"], abs=1e-6)
-    assert "image" in err  # tqdm's bar on stderr: three batches
+        assert a["resampled"] == b["resampled"]
+    assert "5/5" in err  # tqdm's bar on stderr: three batches
+
+
+def test_ood_flag_comes_from_the_models_detector_file(models, images, capsys):
+    code, out, err = run_cli(capsys, images["green"], images["white"], "--model", models["colour"], "--format", "json")
+    assert code == 0
+    green, white = json.loads(out)
+    assert (green["ood"], white["ood"]) == (False, True)
+    assert green["ood_score"] == pytest.approx(0.0, abs=1e-4)
+    assert white["ood_score"] == pytest.approx(WHITE_DISTANCE, rel=1e-5)
+    assert (green["p_fake"], white["p_fake"]) == pytest.approx((p_colour(GREEN), p_colour(WHITE)), abs=1e-5)
+    (warning,) = stderr_lines(err)
+    assert warning.startswith("realfake: warning: 1 image(s) are out of distribution") and "unreliable" in warning
+
+    code, out, _ = run_cli(capsys, images["green"], images["white"], "--model", models["colour"])
+    _, green_line, white_line = out.splitlines()
+    assert green_line.endswith("  no") and white_line.endswith("yes: verdict unreliable")
+    code, out, _ = run_cli(capsys, images["green"], images["white"], "--model", models["colour"], "--format", "csv")
+    green, white = csv.DictReader(io.StringIO(out))
+    assert (green["ood"], white["ood"]) == ("False", "True")
+    assert float(white["ood_score"]) == pytest.approx(WHITE_DISTANCE, rel=1e-5)
+
+
+def test_max_fpr_uses_the_threshold_stored_with_the_model(models, images, capsys):
+    both = (images["green"], images["white"])
+    # P(fake): green 0.150, white 0.881; stored thresholds: 0.9 for fpr_0.01, 0.5 for fpr_0.05
+    code, out, err = run_cli(capsys, *both, "--model", models["colour"], "--format", "json", "--max-fpr", "0.01")
+    assert code == 0 and [r["label"] for r in json.loads(out)] == ["real", "real"]
+    assert "realfake: threshold 0.9000: flagged 0.80% of real validation images (at most 0.01) and caught 25.00% " \
+        "of fakes" in err  # fmt: skip
+    code, out, _ = run_cli(capsys, *both, "--model", models["colour"], "--format", "json", "--max-fpr", "0.05")
+    assert code == 0 and [r["label"] for r in json.loads(out)] == ["real", "fake"]
+
+    code, out, err = run_cli(capsys, *both, "--model", models["colour"], "--max-fpr", "0.02")
+    assert code == 2 and out == ""
+    assert stderr_lines(err) == ["realfake: --max-fpr 0.02: model colour stores thresholds for rates 0.01, 0.05"]
+    code, _, err = run_cli(capsys, *both, "--model", models["sigmoid"], "--max-fpr", "0.01")
+    assert code == 2 and "model sigmoid stores thresholds for rates none" in err
+    code, _, err = run_cli(capsys, *both, "--model", models["colour"], "--max-fpr", "0.01", "--threshold", "0.5")
+    assert code == 2 and "not allowed with argument" in err  # one way of choosing the threshold at a time
+
+
+@pytest.mark.parametrize("kind", ["zip without config.json", "text file", "device"])
+def test_a_file_that_is_not_a_model_exits_2_with_one_line_naming_it(images, capsys, tmp_path, monkeypatch, kind):
+    if kind == "zip without config.json":
+        model = tmp_path / "weights_only.keras"
+        with zipfile.ZipFile(model, "w") as archive:
+            archive.writestr("model.weights.h5", b"not really")
+        reason = "not a Keras model file"
+    elif kind == "text file":
+        model = tmp_path / "notes.keras"
+        model.write_text("a text file named like a model\n")
+        reason = "not a Keras model file"
+    else:
+        model, reason = Path("/dev/zero"), "not a regular file"
+        # Reading it never ends (memory fills up): should a change let it through, fail instead of reading it.
+        real_zipfile = zipfile.ZipFile
+
+        def refusing_devices(file, *args, **kwargs):
+            assert not str(file).startswith("/dev/"), f"{file} was opened as a zip"
+            return real_zipfile(file, *args, **kwargs)
+
+        monkeypatch.setattr(zipfile, "ZipFile", refusing_devices)
+    code, out, err = run_cli(capsys, images["cifake.jpg"], "--model", model)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"realfake: {model}: {reason}")
 
 
 def test_exit_2_without_readable_images_missing_model_or_bad_usage(models, images, capsys, tmp_path):
     assert run_cli(capsys, images["bad"], "--model", models["sigmoid"])[0] == 2
     code, out, err = run_cli(capsys, images["cifake.jpg"], "--model", tmp_path / "none.keras")
-    assert code == 2 and out == "" and "none.keras: no such model file" in err and "Traceback" not in err
+    assert code == 2 and out == "" and "none.keras: model file not found" in err and "Traceback" not in err
     (tmp_path / "broken.keras").write_text("not a zip")
     code, _, err = run_cli(capsys, images["cifake.jpg"], "--model", tmp_path / "broken.keras")
-    assert code == 2 and "not a loadable Keras model" in err
+    assert code == 2 and "broken.keras: not a Keras model file" in err
     assert run_cli(capsys, images["cifake.jpg"], "--threshold", "1.5")[0] == 2
     assert main([]) == 2
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"realfake {version('realfake')}\n"
 
 
 def test_three_class_model_labels_its_most_probable_class(models, images, capsys):
@@ -266,6 +464,11 @@ def test_default_model_is_the_best_binary_one_on_validation_accuracy(models, ima
               {"sigmoid": 0.70, "softmax": 0.80, "three": 0.95, "ghost": 0.99})  # fmt: skip
     # Test accuracy never chooses: the lower-validation model's test score is irrelevant.
     (repo / "metrics" / "evaluate" / "sigmoid.json").write_text(json.dumps({"accuracy": 0.99}))
+    # The evaluate stage's robustness report gives the accuracy on resized images that the warning cites.
+    (repo / "metrics" / "robustness").mkdir()
+    (repo / "metrics" / "robustness" / "softmax.json").write_text(
+        json.dumps({"scores": {"none": {"accuracy": 0.9}, "downscale_2": {"accuracy": 0.8125}}})
+    )
     (repo / "sub").mkdir()
     monkeypatch.chdir(repo / "sub")  # the repo is found above the current folder
     code, out, err = run_cli(capsys, images["cifake.jpg"], "--format", "json")
@@ -277,23 +480,68 @@ def test_default_model_is_the_best_binary_one_on_validation_accuracy(models, ima
         float(expected_p_fake(models["softmax"], [images["cifake.jpg"]])[0]), abs=1e-6
     )
     monkeypatch.chdir(tmp_path)
-    code, out, _ = run_cli(capsys, images["cifake.jpg"], "--format", "json", "--repo", repo)
+    code, out, err = run_cli(capsys, images["wide.png"], "--format", "json", "--repo", repo)
     assert code == 0 and json.loads(out)[0]["model"] == "softmax"
+    assert "downscaled 2x and back: 0.812" in err
 
 
 def test_default_threshold_comes_from_params_yaml(models, images, capsys, tmp_path):
     fake_repo(tmp_path, {"sigmoid": models["sigmoid"]}, {"sigmoid": 0.7})
     (tmp_path / "params.yaml").write_text(
-        "evaluate: {batch_size: 8, threshold: 0.0, n_bootstrap: 10, confidence: 0.95, roc_max_points: 10}\n"
+        "evaluate: {batch_size: 8, threshold: 0.0, n_bootstrap: 10, confidence: 0.95, roc_max_points: 10, "
+        "calibration_bins: 10, ood_photo_crops: 10}\n"
     )
     code, out, _ = run_cli(capsys, images["good"], "--format", "json", "--repo", tmp_path)
     assert code == 0 and {r["label"] for r in json.loads(out)} == {"fake"}  # P(fake) >= 0 always
 
 
-def test_no_trained_model_is_a_clear_error(images, capsys, tmp_path):
-    fake_repo(tmp_path, {}, {"ghost": 0.9})
-    code, _, err = run_cli(capsys, images["cifake.jpg"], "--repo", tmp_path)
+@pytest.fixture
+def shipped(models, tmp_path, monkeypatch) -> Path:
+    """The colour model (with its detector file) and a card, standing in for the detector realfake ships."""
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    model = folder / "fast.keras"
+    model.write_bytes(models["colour"].read_bytes())
+    info_path(model).write_bytes(info_path(models["colour"]).read_bytes())
+    card = folder / "card.json"
+    card.write_text(json.dumps({"robustness": {"none": 0.97, "downscale_2": 0.875}}))
+    monkeypatch.setattr(predict, "SHIPPED_MODEL", model)
+    monkeypatch.setattr(predict, "SHIPPED_CARD", card)
+    return model
+
+
+def test_default_model_outside_a_repo_is_the_shipped_detector(shipped, images, capsys):
+    code, out, err = run_cli(capsys, images["green64"], images["white"], "--format", "json")
+    assert code == 0
+    assert f"realfake: using the detector shipped with realfake ({shipped};" in err
+    green, white = json.loads(out)
+    assert green["model"] == white["model"] == "shipped:fast"
+    assert (green["resampled"], white["resampled"]) == (True, False)
+    assert (green["ood"], white["ood"]) == (False, True)  # its detector file came along
+    assert green["p_fake"] == pytest.approx(p_colour(GREEN), abs=1e-4)
+    assert "downscaled 2x and back: 0.875" in err  # the card's measured accuracy on resized images
+
+
+def test_no_trained_binary_model_is_a_clear_error(models, images, capsys, tmp_path, shipped):
+    # A repo whose only trained model is the 3-class one: the pipeline has models, none binary.
+    fake_repo(tmp_path / "repo", {"three": models["three"]}, {"three": 0.9, "ghost": 0.95})
+    code, _, err = run_cli(capsys, images["cifake.jpg"], "--repo", tmp_path / "repo")
     assert code == 2 and "no trained binary model" in err and "Traceback" not in err
+    # A repo with no trained model at all uses the shipped one; when that is missing, it says so.
+    fake_repo(tmp_path / "empty", {}, {"ghost": 0.9})
+    shipped.unlink()
+    code, _, err = run_cli(capsys, images["cifake.jpg"], "--repo", tmp_path / "empty")
+    assert code == 2 and "the shipped detector is missing from this installation" in err and "Traceback" not in err
+
+
+def test_models_uri_without_a_store_names_the_ways_to_give_one(images, capsys):
+    # Outside any repo (the current folder has no dvc.yaml and no mlflow.db) and without MLFLOW_TRACKING_URI.
+    code, out, err = run_cli(capsys, images["cifake.jpg"], "--model", "models:/realfake-x/1")
+    assert code == 2 and out == "" and "Traceback" not in err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("realfake: models:/realfake-x/1: no MLflow store")
+    assert "--repo" in line and "MLFLOW_TRACKING_URI" in line
+    assert list(Path.cwd().iterdir()) == []  # no mlflow.db (nor anything else) was created here
 
 
 def test_mlflow_runs_and_models_uris(models, images, capsys, mlflow_uri, tmp_path):
@@ -324,8 +572,97 @@ def test_mlflow_runs_and_models_uris(models, images, capsys, mlflow_uri, tmp_pat
     assert code == 2 and "several .keras files" in err
 
 
+def test_models_uri_with_the_champion_alias(models, images, capsys, tmp_path, monkeypatch):
+    import mlflow
+
+    from realfake.pipeline import model_registry, tracking
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")
+    with tracking.stage_run("train", repo_root=repo, experiment="predict-test", params={"model": "colour"}):
+        model_registry.log_registered_model(
+            models["colour"], registered_name="realfake-colour", class_names=("real", "fake"),
+            image_shape=(32, 32, 3), batch_size=8, summary={"best": {"val_accuracy": 0.9}},
+            selection_metric="best.val_accuracy", extra_artifacts={"detector": info_path(models["colour"])},
+        )  # fmt: skip
+    uri = "models:/realfake-colour@champion"
+    both = (images["green"], images["white"])
+    code, out, err = run_cli(capsys, *both, "--model", uri, "--format", "json", "--max-fpr", "0.05")
+    assert code == 0, err
+    green, white = json.loads(out)
+    assert green["model"] == white["model"] == uri
+    assert (green["label"], white["label"]) == ("real", "fake")
+    assert (green["ood"], white["ood"]) == (False, True)  # the detector file was registered with the model
+    assert white["p_fake"] == pytest.approx(p_colour(WHITE), abs=1e-5)
+
+    # The same through --repo (its mlflow.db), with neither MLFLOW_TRACKING_URI nor a tracking URI set in MLflow.
+    mlflow.set_tracking_uri(None)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, out, err = run_cli(capsys, *both, "--model", uri, "--repo", repo, "--format", "json")
+    assert code == 0, err
+    assert [r["label"] for r in json.loads(out)] == ["real", "fake"]
+    assert list(Path.cwd().iterdir()) == []  # nothing (no MLflow store of its own) was created here
+
+
+# ---- the command in its own process ------------------------------------------------------------------
+
+
+def run_process(*args, cwd: Path, env: dict | None = None, text: bool = True) -> subprocess.CompletedProcess:
+    """`realfake predict ARGS` in a new Python process (python -m, so it runs whatever the installed scripts say)."""
+    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | (env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "realfake.serving.cli", "predict", *map(os.fsencode, args)],
+        cwd=cwd, env=environment, capture_output=True, text=text, timeout=120,
+    )  # fmt: skip
+
+
+def test_a_pipe_named_like_an_image_is_reported_and_skipped(models, images, tmp_path):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "green.png").write_bytes(images["green"].read_bytes())
+    os.mkfifo(folder / "x.jpg")  # opening it would wait for a writer forever
+    os.mkfifo(tmp_path / "given.png")
+    result = run_process(folder, tmp_path / "given.png", "--model", models["sigmoid"], "--format", "json",
+                         cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert [row["path"] for row in json.loads(result.stdout)] == [str(folder / "green.png")]
+    assert f"{folder / 'x.jpg'}: not a regular file" in result.stderr
+    assert f"{tmp_path / 'given.png'}: not a regular file" in result.stderr
+
+
+def test_undecodable_file_names_give_utf8_output(models, images, tmp_path):
+    folder = os.path.join(os.fsencode(tmp_path), b"photos")
+    os.mkdir(folder)
+    with open(os.path.join(folder, b"bad\xff.jpg"), "wb") as handle:
+        handle.write(images["cifake.jpg"].read_bytes())
+    strict = {"PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8"}
+    result = run_process(folder, "--model", models["sigmoid"], "--format", "json", cwd=tmp_path, env=strict,
+                         text=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    (row,) = json.loads(result.stdout.decode("utf-8"))  # strict: fails on any invalid byte
+    assert row["path"] == f"{tmp_path}/photos/bad\\xff.jpg"
+    row["path"].encode("utf-8")  # no lone surrogate: it would not encode
+
+
+def test_undecodable_file_names_in_tables_and_messages(models, images, tmp_path, capsys):
+    folder = os.path.join(os.fsencode(tmp_path), b"photos")
+    os.mkdir(folder)
+    with open(os.path.join(folder, b"bad\xff.jpg"), "wb") as handle:
+        handle.write(images["cifake.jpg"].read_bytes())
+    with open(os.path.join(folder, b"broken\xfe.png"), "wb") as handle:
+        handle.write(b"not an image")
+    code, out, err = run_cli(capsys, os.fsdecode(folder), "--model", models["sigmoid"])
+    assert code == 1
+    (line,) = out.splitlines()[1:]
+    assert line.startswith(f"{tmp_path}/photos/bad\\xff.jpg ")
+    assert f"{tmp_path}/photos/broken\\xfe.png: not an image format" in err
+    (out + err).encode("utf-8")  # no lone surrogate in either
+
+
 def test_console_script(models, images):
     script = Path(sys.executable).parent / "realfake"
+    assert "realfake.serving.cli" in script.read_text(), f"{script} predates the package's layout: pip install -e ."
     result = subprocess.run(
         [script, "predict", images["good"], images["text"], "--model", models["sigmoid"], "--format", "csv"],
         capture_output=True, text=True, timeout=300,

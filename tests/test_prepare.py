@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from realfake.cifake import RawDataset, pixel_digests
-from realfake.errors import ParamsError
-from realfake.prepare import augment, prepare_splits
+from realfake.data.cifake import RawDataset, pixel_digests
+from realfake.data.prepare import augment, load_split, prepare_splits
+from realfake.errors import DataError, ParamsError
 
 
 def make_raw(n_train=40, n_test=10, dup_pairs=5, test_leaks=2, seed=0) -> RawDataset:
@@ -91,3 +91,43 @@ def test_augmented_train_shuffled_with_labels_kept():
 def test_unknown_augmentation():
     with pytest.raises(ParamsError, match="prepare.augment.*'blur'.*rot90, hflip"):
         augment(np.zeros((1, 32, 32, 3), np.uint8), np.zeros(1), ["blur"])
+
+
+def write_split(path, images, labels, class_names=("real", "fake")) -> None:
+    np.savez(path, images=images, labels=labels, class_names=np.array(class_names))
+
+
+def test_load_split_reads_a_prepared_file(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    write_split(tmp_path / "val.npz", images, np.array([0, 1] * 3, np.uint8))
+    split = load_split(tmp_path / "val.npz", image_size=32)
+    np.testing.assert_array_equal(split.images, images)
+    assert split.class_names == ("real", "fake") and split.counts() == {"real": 3, "fake": 3}
+
+
+GOOD = {"images": np.zeros((2, 32, 32, 3), np.uint8), "labels": np.array([0, 1], np.uint8),
+        "class_names": np.array(["real", "fake"])}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, r"prepared split not found; make it with `dvc repro prepare`"),
+        (b"not an npz", r"not a readable prepared split .*dvc repro prepare"),
+        (b"PK\x03\x04 cut off", r"not a readable prepared split .*dvc repro prepare"),
+        ({"images": GOOD["images"]}, r"not a readable prepared split \(KeyError"),
+        (GOOD | {"images": np.zeros((2, 28, 28, 3), np.uint8)}, r"images are uint8 \(2, 28, 28, 3\), expected uint8"),
+        (GOOD | {"images": np.zeros((2, 32, 32, 3), np.float32)}, r"images are float32 .*expected uint8"),
+        (GOOD | {"labels": np.array([0, 1, 1], np.uint8)}, "2 images but 3 labels"),
+        (GOOD | {"labels": np.array([0, 2], np.uint8)}, r"label 2 outside class_names \['real', 'fake'\]"),
+    ],
+)
+def test_load_split_names_the_file_and_the_remedy(tmp_path, content, message):
+    path = tmp_path / "train.npz"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        np.savez(path, **content)
+    with pytest.raises(DataError, match=message) as info:
+        load_split(path, image_size=32)
+    assert str(path) in str(info.value)

@@ -84,9 +84,11 @@ def stop_workers(work: Path, env: dict) -> None:
 
 @pytest.fixture
 def queue_repo(tmp_path, cifake_zip):
-    """A committed temp copy of the repo with tiny params; its env has the venv first on PATH and no MLflow URI."""
+    """A committed temp copy of the repo with tiny params reading `data/cifake.zip` of the main repo by a relative
+    path (git-ignored, so queued copies do not hold it); its env has the venv first on PATH and no MLflow URI."""
     work = tmp_path / "repo"
-    env = copy_repo(work, cifake_zip)  # MLFLOW_TRACKING_URI unset: the default store in the main repo
+    env = copy_repo(work, "data/cifake.zip")  # MLFLOW_TRACKING_URI unset: the main repo's store
+    cifake_zip.rename(work / "data" / "cifake.zip")
     yield work, env
     stop_workers(work, env)
 
@@ -115,8 +117,12 @@ def test_two_queued_experiments_both_log_to_mlflow(queue_repo):
     client = MlflowClient(f"sqlite:///{db}")
     params = yaml.safe_load((work / "params.yaml").read_text())
     experiment = client.get_experiment_by_name(params["base"]["mlflow_experiment"])
-    runs = client.search_runs([experiment.experiment_id])
+    every = client.search_runs([experiment.experiment_id])
+    parents = {r.info.run_name: r for r in every if r.data.tags.get("realfake.kind") == "pipeline"}
+    assert set(parents) == set(EXPERIMENTS)  # one parent run per experiment, named after it
+    runs = [r for r in every if r.data.tags.get("realfake.kind") != "pipeline"]
     assert sorted(r.data.tags.get("dvc_exp_name") for r in runs) == sorted([*EXPERIMENTS] * len(STAGES))
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[r.data.tags["dvc_exp_name"]].info.run_id for r in runs)
 
     for name, seed in EXPERIMENTS.items():
         own = {r.data.tags["stage"]: r for r in runs if r.data.tags["dvc_exp_name"] == name}
@@ -127,7 +133,7 @@ def test_two_queued_experiments_both_log_to_mlflow(queue_repo):
             artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
             assert artifacts == [STAGES[stage]], (name, stage, artifacts)
             assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(work / "mlartifacts")
-        assert own["download"].data.params["data.source"] == "archive"
+        assert own["download"].data.params["data.archive"] == "data/cifake.zip"  # found in the main repo
         assert own["download"].data.metrics["counts.train.FAKE"] == 26
         assert own["prepare"].data.params["seed"] == str(seed)
         assert own["prepare"].data.params["prepare.per_class"] == "20"

@@ -1,11 +1,11 @@
-"""Real CIFAKE images (../shared/data): the download and prepare stages on the small archive. Run with -m slow."""
+"""Real CIFAKE images (REALFAKE_DATA_DIR): the download and prepare stages on the small archive. Run with -m slow."""
 
 import json
 import sys
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import DATA_DIR
 from stage_helpers import REPO, tiny_params, write_params
 
 sys.path.insert(0, str(REPO / "stages"))
@@ -14,7 +14,7 @@ import prepare as prepare_stage  # noqa: E402
 
 from realfake.paths import ProjectPaths  # noqa: E402
 
-SMALL = SHARED_DATA / "cifake-small.zip"
+SMALL = DATA_DIR / "cifake-small.zip"
 SMALL_SHA256 = "d1f51e157e932c7725e893243c8f8754f5524b4f21078370360e854e60ae449b"
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,31 +17,81 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from realfake import evaluation, predict, tracking
+import realfake
+from realfake.errors import DataError
+from realfake.evaluation import scoring
+from realfake.models.detector import DetectorInfo, info_path, save_info, with_calibration
 from realfake.models.fast import build_fast
+from realfake.models.saving import save_model
+from realfake.pipeline import model_registry, tracking
+from realfake.serving import predict
 
 NAME = "realfake-tiny"
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def tiny_fast(seed: int):
+    """A tiny fast model, flip TTA included (custom layers and all), with a `Calibration` layer as a stage saves it."""
+    model = build_fast(input_shape=IMAGE_SHAPE, stage_filters=(4, 8), convs_per_stage=1, space_to_depth=1,
+                       dropout=0.0, flip_tta=True, tta_max_shift=0, seed=seed)  # fmt: skip
+    return with_calibration(model, 1.5)
+
+
+def detector_info(features: int) -> DetectorInfo:
+    return DetectorInfo(
+        temperature=1.5, operating_points={"fpr_0.01": {"max_fpr": 0.01, "threshold": 0.9, "fpr": 0.01, "recall": 0.5}},
+        ood_means=np.zeros((2, features), np.float32), ood_precision=np.eye(features, dtype=np.float32),
+        ood_cutoff=10.0, ood_percentile=99.0, fitted_on={},
+    )  # fmt: skip
 
 
 @pytest.fixture
-def registered(tmp_path, mlflow_uri):
-    """A tiny fast model (flip TTA included, custom layers and all) saved, logged and registered as in a stage."""
-    model = build_fast(input_shape=(32, 32, 3), stage_filters=(4, 8), convs_per_stage=1, space_to_depth=1,
-                       dropout=0.0, flip_tta=True, tta_max_shift=0, seed=0)  # fmt: skip
-    path = tmp_path / "models" / "tiny.keras"
-    path.parent.mkdir()
-    model.save(path)
-    with tracking.stage_run("train", repo_root=tmp_path, experiment="registry-test", params={"model": "tiny"}) as run:
-        info = tracking.log_registered_model(
-            path, registered_name=NAME, class_names=("real", "fake"), image_shape=(32, 32, 3), batch_size=8,
-            metrics={"val_accuracy": 0.75, "nested": {"epochs": 3}},
+def shipped_detector_in_package(tmp_path, monkeypatch) -> Path:
+    """A copy of realfake's package holding a shipped detector (serving/detector/fast.keras and its extras), as the
+    installed package will: the code log_registered_model copies into every registered model."""
+    package = tmp_path / "package" / "realfake"
+    shutil.copytree(Path(realfake.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
+    shipped = package / "serving" / "detector"
+    shipped.mkdir(exist_ok=True)
+    save_model(tiny_fast(seed=9), shipped / "fast.keras")
+    save_info(info_path(shipped / "fast.keras"), detector_info(8))
+    monkeypatch.setattr(realfake, "__file__", str(package / "__init__.py"))
+    return shipped
+
+
+def register(model_file: Path, *, val_accuracy: float, root: Path, extras: bool = True):
+    """(run, ModelInfo) of model_file registered as NAME, from a train run, with its detector extras as a stage does."""
+    extra = {"detector": info_path(model_file)} if extras else {}
+    with tracking.stage_run("train", repo_root=root, experiment="registry-test", params={"model": "tiny"}) as run:
+        info = model_registry.log_registered_model(
+            model_file, registered_name=NAME, class_names=("real", "fake"), image_shape=IMAGE_SHAPE, batch_size=8,
+            summary={"best": {"val_accuracy": val_accuracy}, "epochs": 3, "machine": "a test"},
+            selection_metric="best.val_accuracy", extra_artifacts=extra,
         )  # fmt: skip
-    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
-    expected = evaluation.predict_proba(model, images, batch_size=8)
-    return {"uri": mlflow_uri, "run_id": run.info.run_id, "info": info, "images": images, "expected": expected}
+    return run, info
 
 
-def test_registered_version_has_signature_metrics_and_loads_as_pyfunc(registered):
+def saved_model(folder: Path, name: str, seed: int):
+    model = tiny_fast(seed)
+    path = folder / f"{name}.keras"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(model, path)
+    save_info(info_path(path), detector_info(8))
+    return model, path
+
+
+@pytest.fixture
+def registered(tmp_path, mlflow_uri, shipped_detector_in_package):
+    """A tiny fast model saved with its detector extras, logged and registered as the train stage does."""
+    model, path = saved_model(tmp_path / "models", "tiny", seed=0)
+    run, info = register(path, val_accuracy=0.75, root=tmp_path)
+    images = np.random.default_rng(0).integers(0, 256, (5, *IMAGE_SHAPE), dtype=np.uint8)
+    expected = scoring.predict_proba(model, images, batch_size=8)
+    return {"uri": mlflow_uri, "run_id": run.info.run_id, "info": info, "images": images, "expected": expected,
+            "path": path}  # fmt: skip
+
+
+def test_registered_version_has_signature_tags_and_loads_as_pyfunc(registered):
     client = MlflowClient(registered["uri"])
     (version,) = client.search_model_versions(f"name='{NAME}'")
     assert int(version.version) == 1 and version.run_id == registered["run_id"]
@@ -48,11 +99,14 @@ def test_registered_version_has_signature_metrics_and_loads_as_pyfunc(registered
     (spec,) = signature.inputs.inputs
     assert (spec.name, spec.type, tuple(spec.shape)) == ("images", np.dtype("uint8"), (-1, 32, 32, 3))
     assert signature.outputs.input_names() == ["p_real", "p_fake"]
-    logged = client.get_logged_model(registered["info"].model_id)
-    metrics = {m.key: m.value for m in logged.metrics}
-    assert metrics["val_accuracy"] == 0.75 and metrics["nested.epochs"] == 3.0
+    # The summary's numbers (nested keys joined with '.'), the file's sha256 and the run tag the version.
+    assert version.tags["best.val_accuracy"] == "0.75" and version.tags["epochs"] == "3"
+    assert "machine" not in version.tags
+    assert version.tags["model_sha256"] == model_registry.file_sha256(registered["path"])
+    assert version.tags["run_id"] == registered["run_id"]
+    assert str(client.get_model_version_by_alias(NAME, model_registry.CHAMPION).version) == "1"  # the first is champion
 
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}/1")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@{model_registry.CHAMPION}")
     scores = pyfunc.predict(registered["images"])
     assert list(scores.columns) == ["p_real", "p_fake"]
     np.testing.assert_allclose(scores.to_numpy(), registered["expected"], rtol=1e-5, atol=1e-6)
@@ -60,9 +114,66 @@ def test_registered_version_has_signature_metrics_and_loads_as_pyfunc(registered
         pyfunc.predict(registered["images"].astype(np.float32) / 255)
 
 
-def test_realfake_predict_reads_the_registered_keras_file(registered, tmp_path):
-    path = predict.download_model_file(f"models:/{NAME}/1", tracking_uri=registered["uri"], dst=tmp_path / "dl")
-    assert path.name == "tiny.keras"
+def test_champion_moves_only_to_a_better_validation_score_and_evaluate_tags_its_version(registered, tmp_path):
+    client = MlflowClient(registered["uri"])
+    _, worse = saved_model(tmp_path / "worse", "tiny", seed=1)
+    register(worse, val_accuracy=0.70, root=tmp_path, extras=False)
+    assert str(client.get_model_version_by_alias(NAME, model_registry.CHAMPION).version) == "1"
+    _, better = saved_model(tmp_path / "better", "tiny", seed=2)
+    register(better, val_accuracy=0.80, root=tmp_path, extras=False)
+    assert str(client.get_model_version_by_alias(NAME, model_registry.CHAMPION).version) == "3"
+
+    # evaluate finds the version by the model file's sha256 (versions 1 and 3 share a file name, not the bytes)
+    assert model_registry.tag_evaluated_version(NAME, worse, {"test_accuracy": 0.625}) == "2"
+    assert client.get_model_version(NAME, "2").tags["test_accuracy"] == "0.625"
+    assert "test_accuracy" not in client.get_model_version(NAME, "3").tags
+    (tmp_path / "other.keras").write_bytes(b"no version holds these bytes")
+    assert model_registry.tag_evaluated_version(NAME, tmp_path / "other.keras", {"test_accuracy": 1.0}) is None
+    assert model_registry.tag_evaluated_version("realfake-none", worse, {"test_accuracy": 1.0}) is None
+
+
+def test_realfake_predict_reads_the_registered_keras_file_and_its_detector(registered, tmp_path):
+    for uri in (f"models:/{NAME}/1", f"models:/{NAME}@{model_registry.CHAMPION}"):
+        dst = tmp_path / f"dl{len(uri)}"
+        path, extras = predict.download_model_files(uri, tracking_uri=registered["uri"], dst=dst)
+        assert (path.name, extras.name) == ("tiny.keras", "tiny.detector.npz")
+        assert (path.parent.name, extras.parent.name) == ("artifacts", "artifacts")
+        # realfake's code travels with the model (its custom layers), the detector shipped inside the package not
+        assert list(dst.rglob("realfake/models/layers.py")) and not list(dst.rglob("fast.keras"))
+        loaded = predict.load_named_model(uri, tracking_uri=registered["uri"])
+        assert (loaded.name, loaded.source) == (uri, uri) and loaded.info is not None
+        assert loaded.info.operating_points["fpr_0.01"]["threshold"] == 0.9
+        probabilities = scoring.predict_proba(loaded.model, registered["images"], batch_size=8)
+        np.testing.assert_allclose(probabilities, registered["expected"], rtol=1e-5, atol=1e-6)
+
+
+def test_realfake_predict_passes_over_the_code_a_logged_model_carries(tmp_path, mlflow_uri):
+    """A version logged with realfake's whole package as its code (before the registry left the shipped detector
+    out) holds two .keras files: the model in artifacts/, the shipped detector in code/. The first is the model."""
+    logged = tmp_path / "logged"
+    shipped = logged / "code" / "realfake" / "serving" / "detector"
+    shipped.mkdir(parents=True)
+    (logged / "artifacts").mkdir()
+    (logged / "MLmodel").write_text("flavors: {python_function: {code: code}}\n")
+    for folder, name in ((logged / "artifacts", "tiny"), (shipped, "fast")):
+        (folder / f"{name}.keras").write_bytes(b"stands in for a model")
+        (folder / f"{name}.detector.npz").write_bytes(b"stands in for its extras")
+    client = MlflowClient(mlflow_uri)
+    experiment = client.create_experiment("registry-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(experiment)
+    client.log_artifacts(run.info.run_id, str(logged), artifact_path="model")
+    client.set_terminated(run.info.run_id)
+    dst = tmp_path / "dl"
+    path, extras = predict.download_model_files(f"runs:/{run.info.run_id}/model", tracking_uri=mlflow_uri, dst=dst)
+    assert (path, extras) == (
+        dst / "model" / "artifacts" / "tiny.keras",
+        dst / "model" / "artifacts" / "tiny.detector.npz",
+    )
+    # Without an MLmodel beside it, a folder named code is an ordinary folder of the artifact.
+    (logged / "MLmodel").unlink()
+    client.log_artifacts(run.info.run_id, str(logged), artifact_path="plain")
+    with pytest.raises(DataError, match=r"holds several .keras files \(artifacts/tiny.keras, code/realfake/serv"):
+        predict.download_model_files(f"runs:/{run.info.run_id}/plain", tracking_uri=mlflow_uri, dst=tmp_path / "d2")
 
 
 def free_port() -> int:

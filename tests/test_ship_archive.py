@@ -1,4 +1,4 @@
-"""Tests for benchmarks/ship_archive.py, which carries a CIFAKE zip to the lent GPU machine and decodes it there."""
+"""Tests for benchmarks/ship_archive.py, which carries a CIFAKE zip to a GPU host without network and decodes it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from cifake_fixture import cifake_files, write_zip
 
-from realfake import cifake
+from realfake.data import cifake
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import ship_archive  # noqa: E402

@@ -1,10 +1,19 @@
-"""MLflow runs per stage: params, metrics, tags, FAILED on error, and the store location under dvc exp."""
+"""MLflow runs per stage: params, metrics, tags, parent runs per pipeline execution, FAILED/KILLED endings, store
+trouble reported in one line, and the store location under dvc exp."""
+
+import fcntl
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from realfake import tracking
+from realfake.pipeline import process, tracking
 
 
 def runs(uri, experiment="t"):
@@ -15,19 +24,22 @@ def runs(uri, experiment="t"):
 
 def test_finished_run_logs_params_metrics_tags_and_artifacts(mlflow_uri, tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "brave-newt")
+    monkeypatch.delenv("DVC_STAGE", raising=False)  # not started by DVC: no parent run
     report = tmp_path / "report.json"
     report.write_text("{}")
     with tracking.stage_run("prepare", repo_root=tmp_path, experiment="t", params={"prepare": {"per_class": 5}}):
-        tracking.log_metrics({"counts": {"train": {"real": 3}}, "name": "text is skipped"})
+        tracking.log_metrics({"counts": {"train": {"real": 3}}, "name": "text is skipped", "a+b c": 1})
         tracking.log_metrics({"loss": 0.5}, step=2)
+        tracking.set_tags({"best": {"val_accuracy": 0.75}}, prefix="summary.")
         tracking.log_artifacts(report)
     client, (run,) = runs(mlflow_uri)
     assert run.info.status == "FINISHED"
     assert run.data.params == {"prepare.per_class": "5"}
     metrics = run.data.metrics
     assert metrics.pop("stage.wall_seconds") >= 0 and metrics.pop("stage.peak_rss_mb") > 10
-    assert metrics == {"counts.train.real": 3.0, "loss": 0.5}
+    assert metrics == {"counts.train.real": 3.0, "loss": 0.5, "a_b_c": 1.0}  # names MLflow refuses are made safe
     assert run.data.tags["stage"] == "prepare" and run.data.tags["dvc_exp_name"] == "brave-newt"
+    assert run.data.tags["summary.best.val_accuracy"] == "0.75"
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["report.json"]
     assert str(tmp_path) in run.info.artifact_uri  # beside the store, never in a temporary exp copy
 
@@ -38,6 +50,113 @@ def test_failed_stage_marks_run_failed(mlflow_uri, tmp_path):
     _, (run,) = runs(mlflow_uri)
     assert run.info.status == "FAILED"
     assert mlflow.active_run() is None
+
+
+@pytest.mark.parametrize("signal_error", [KeyboardInterrupt, process.Terminated])
+def test_interrupted_stage_marks_run_killed(mlflow_uri, tmp_path, signal_error):
+    with pytest.raises(signal_error), tracking.stage_run("train", repo_root=tmp_path, experiment="t", params={}):
+        raise signal_error("stop")
+    _, (run,) = runs(mlflow_uri)
+    assert run.info.status == "KILLED"
+
+
+def test_stages_of_one_execution_share_a_parent_named_after_the_experiment(mlflow_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_STAGE", "prepare")
+    monkeypatch.setenv("DVC_EXP_NAME", "cpu-quick-seed42")
+    monkeypatch.setattr(process, "execution_id", lambda: "123:456")  # both stages under one DVC process
+    for stage in ("download", "prepare"):
+        with tracking.stage_run(stage, repo_root=tmp_path, experiment="t", params={}):
+            pass
+    monkeypatch.setattr(process, "execution_id", lambda: "789:1")  # another `dvc exp run`
+    monkeypatch.setenv("DVC_EXP_NAME", "cpu-quick-seed1")
+    with pytest.raises(RuntimeError), tracking.stage_run("download", repo_root=tmp_path, experiment="t", params={}):
+        raise RuntimeError("boom")
+    _, every = runs(mlflow_uri)
+    parents = {r.info.run_name: r for r in every if r.data.tags.get("realfake.kind") == "pipeline"}
+    assert set(parents) == {"cpu-quick-seed42", "cpu-quick-seed1"}
+    assert parents["cpu-quick-seed42"].info.status == "FINISHED"
+    assert parents["cpu-quick-seed1"].info.status == "FAILED"  # the parent takes its last stage's outcome
+    children = [r for r in every if r.data.tags.get("realfake.kind") != "pipeline"]
+    by_parent = {}
+    for run in children:
+        by_parent.setdefault(run.data.tags["mlflow.parentRunId"], []).append(run.data.tags["stage"])
+    assert sorted(by_parent[parents["cpu-quick-seed42"].info.run_id]) == ["download", "prepare"]
+    assert by_parent[parents["cpu-quick-seed1"].info.run_id] == ["download"]
+
+
+def test_a_run_left_running_by_a_dead_process_is_marked_failed(mlflow_uri, tmp_path, monkeypatch):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has ended
+    monkeypatch.setattr(process, "identity", lambda p: f"{pid}:1" if p == os.getpid() else None)
+    with pytest.raises(KeyboardInterrupt), tracking.stage_run("train", repo_root=tmp_path, experiment="t", params={}):
+        client = MlflowClient(mlflow_uri)
+        mlflow.tracking.fluent._active_run_stack.get().clear()  # the process "dies" without ending its run
+        raise KeyboardInterrupt
+    (orphan,) = runs(mlflow_uri)[1]
+    client.set_terminated(orphan.info.run_id, "RUNNING")
+    monkeypatch.undo()
+    with tracking.stage_run("evaluate", repo_root=tmp_path, experiment="t", params={}):
+        pass
+    _, every = runs(mlflow_uri)
+    statuses = {r.data.tags["stage"]: r.info.status for r in every}
+    assert statuses == {"train": "FAILED", "evaluate": "FINISHED"}
+
+
+def test_a_corrupt_store_is_one_line_naming_it(tmp_path, monkeypatch):
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"this is not a database" * 100)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    with (
+        pytest.raises(tracking.TrackingStoreError) as raised,
+        tracking.stage_run("train", repo_root=tmp_path, experiment="t", params={}),
+    ):
+        pass
+    message = str(raised.value)
+    assert str(db) in message and "mv " in message and "\n" not in message
+
+
+def test_a_locked_database_is_waited_for_then_reported(tmp_path, monkeypatch):
+    db = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    with tracking.stage_run("prepare", repo_root=tmp_path, experiment="t", params={}):
+        pass  # creates the store
+    holder = sqlite3.connect(db, timeout=0)
+    holder.execute("BEGIN EXCLUSIVE")  # another process writing for a long time
+    monkeypatch.setattr(tracking, "_with_retries", lambda action, **_: action())  # no retries: the test stays short
+    try:
+        started = time.monotonic()
+        with (
+            pytest.raises(tracking.TrackingStoreError, match=r"stayed locked by another process"),
+            tracking.stage_run("train", repo_root=tmp_path, experiment="t", params={}),
+        ):
+            pass
+        assert time.monotonic() - started < 120
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_a_held_store_lock_is_waited_for_with_a_message_then_times_out(tmp_path, monkeypatch, caplog):
+    db = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    lock = open(f"{db}.lock", "a")  # noqa: SIM115  (held across the call below)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    monkeypatch.setattr(tracking, "LOCK_TIMEOUT_S", 1.0)
+    try:
+        with (
+            caplog.at_level("INFO", logger="realfake.pipeline.tracking"),
+            pytest.raises(tracking.TrackingStoreError, match=r"lock .*mlflow.db.lock stayed held for 1 s"),
+            tracking.stage_run("train", repo_root=tmp_path, experiment="t", params={}),
+        ):
+            pass
+        assert "waiting for the MLflow store lock" in caplog.text
+        # released meanwhile: the stage goes on
+        threading.Timer(0.5, lambda: fcntl.flock(lock, fcntl.LOCK_UN)).start()
+        monkeypatch.setattr(tracking, "LOCK_TIMEOUT_S", 30.0)
+        with tracking.stage_run("train", repo_root=tmp_path, experiment="t", params={}):
+            pass
+    finally:
+        lock.close()
 
 
 def test_default_store_is_in_main_repo_also_for_temp_exp_copies(monkeypatch, tmp_path):

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,12 +22,15 @@ import evaluate as evaluate_stage  # noqa: E402
 import train as train_stage  # noqa: E402
 import train_3class as train_3class_stage  # noqa: E402
 
-from realfake import training  # noqa: E402
-from realfake.classifiers import build_classifier, load_model, save_model  # noqa: E402
+from realfake.data.threeclass import three_class_splits  # noqa: E402
 from realfake.errors import DataError, ParamsError, WeightsUnavailableError  # noqa: E402
+from realfake.models.detector import info_path, load_info  # noqa: E402
+from realfake.models.saving import load_model, save_model  # noqa: E402
 from realfake.params import load_params  # noqa: E402
 from realfake.paths import ProjectPaths  # noqa: E402
-from realfake.threeclass import three_class_splits  # noqa: E402
+from realfake.training import optim  # noqa: E402
+from realfake.training.classifiers import build_classifier  # noqa: E402
+from realfake.training.state import BACKUP, BACKUP_COMMIT  # noqa: E402
 
 
 def args_for(tmp_path, model, **overrides):
@@ -43,13 +47,13 @@ def only_run(uri, stage):
     return client, runs[0]
 
 
-@pytest.mark.parametrize("name", ["cnn", "efficientnet", "resnet50", "efficientnet_3class", "fast"])
+@pytest.mark.parametrize("name", ["cnn", "efficientnet", "resnet50", "efficientnet_3class", "fast", "fast_robust"])
 def test_build_every_model_from_params(tmp_path, name):
     params = load_params(write_params(tmp_path, tiny_params()).params)
     classes = 3 if name.endswith("3class") else 2
     model = build_classifier(name, params.models[name], input_shape=(32, 32, 3), num_classes=classes, seed=0)
     assert model.input_shape == (None, 32, 32, 3)
-    assert model.output_shape == (None, 1 if name in ("cnn", "fast") else classes)
+    assert model.output_shape == (None, 1 if name in ("cnn", "fast", "fast_robust") else classes)
 
 
 def test_repo_fast_model_fits_its_parameter_budget(tmp_path):
@@ -75,21 +79,35 @@ def test_cnn_cannot_have_three_classes(tmp_path):
         build_classifier("cnn", params.models["cnn"], input_shape=(32, 32, 3), num_classes=3, seed=0)
 
 
-def test_fast_model_trains_through_the_stage(tmp_path, mlflow_uri):
+@pytest.mark.parametrize("name", ["fast", "fast_robust"])  # fast_robust: trained on degraded images too
+def test_fast_models_train_through_the_stage_into_calibrated_detectors(tmp_path, mlflow_uri, name):
     write_prepared(tmp_path)
-    train_stage.main(ProjectPaths(tmp_path), args_for(tmp_path, "fast"))
-    for out in ("models/fast.keras", "plots/train/fast.csv", "metrics/train/fast.json"):
-        assert (tmp_path / out).is_file(), out
-    summary = json.loads((tmp_path / "metrics/train/fast.json").read_text())
-    assert summary["epochs_run"] == 1 and summary["train_images"] == 64
-    model = load_model(tmp_path / "models/fast.keras", rebuild_with="x")
-    assert [type(layer).__name__ for layer in (model.layers[0], model.layers[-1])] == ["TTAViews", "TTAMean"]
+    train_stage.main(ProjectPaths(tmp_path), args_for(tmp_path, name))
+    model_file = tmp_path / "models" / f"{name}.keras"
+    for out in (model_file, info_path(model_file), tmp_path / f"plots/train/{name}.csv",
+                tmp_path / f"metrics/train/{name}.json"):  # fmt: skip
+        assert out.is_file(), out
+    summary = json.loads((tmp_path / f"metrics/train/{name}.json").read_text())
+    assert summary["epochs_run"] == 1 and summary["train_images"] == 64 and not summary["stopped_by_budget"]
+    info = load_info(info_path(model_file))
+    assert summary["detector"]["temperature"] == pytest.approx(info.temperature) and info.temperature > 0
+    assert set(info.operating_points) == set(summary["detector"]["operating_points"])
+    assert len(info.operating_points) == len(tiny_params()["detector"]["operating_fprs"])
+    model = load_model(model_file, rebuild_with="x")
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    # the temperature lives in the saved model: a Calibration layer after the test-time augmentation's mean
+    assert [type(layer).__name__ for layer in (layers[0], *layers[-2:])] == ["TTAViews", "TTAMean", "Calibration"]
+    assert layers[-1].temperature == pytest.approx(info.temperature)
+    # the test curve, when models.<name>.test_curve asks for it: in the history, never among the best metrics
+    header = (tmp_path / f"plots/train/{name}.csv").read_text().splitlines()[0].split(",")
+    assert ({"test_accuracy", "test_roc_auc"} <= set(header)) is tiny_params()["models"][name]["test_curve"]
+    assert not [key for key in summary["best"] if key.startswith("test_")]
 
 
 def test_saved_model_is_an_inference_artifact_without_optimizer_state(tmp_path):
     params = load_params(write_params(tmp_path, tiny_params()).params)
     model = build_classifier("cnn", params.models["cnn"], input_shape=(32, 32, 3), num_classes=2, seed=0)
-    training.compile_classifier(model, optimizer=keras.optimizers.Adam(), jit_compile=False, run_eagerly=False,
+    optim.compile_classifier(model, optimizer=keras.optimizers.Adam(), jit_compile=False, run_eagerly=False,
                                 label_smoothing=0.0)  # fmt: skip
     images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype(np.float32)
     model.fit(images, np.arange(8) % 2, epochs=1, verbose=0)  # creates the optimizer's slot variables
@@ -108,17 +126,21 @@ def test_train_then_evaluate_write_every_declared_output(tmp_path, mlflow_uri):
     write_prepared(tmp_path)
     paths = ProjectPaths(tmp_path)
     train_stage.main(paths, args_for(tmp_path, "cnn"))
-    for out in ("models/cnn.keras", "plots/train/cnn.csv", "metrics/train/cnn.json"):
+    for out in ("models/cnn.keras", "models/cnn.detector.npz", "plots/train/cnn.csv", "metrics/train/cnn.json"):
         assert (tmp_path / out).is_file(), out
     summary = json.loads((tmp_path / "metrics/train/cnn.json").read_text())
     assert summary["epochs_run"] == 1 and summary["best_epoch"] == 1 and summary["train_images"] == 64
-    assert not any((paths.state / "train").glob("cnn/*")), "state is cleared after a finished training"
+    # the state folder is cleared after a finished training; its lock file (a sibling) stays, released and empty
+    left = list((paths.state / "train").glob("cnn/*"))
+    assert [p.suffix for p in left] == [".lock"] and not left[0].read_text(), left
     client, run = only_run(mlflow_uri, "train")
     assert run.info.status == "FINISHED" and "val_accuracy" in run.data.metrics
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
     (version,) = client.search_model_versions("name='realfake-cnn'")  # registered from the stage's run
     assert version.run_id == run.info.run_id
-    assert "final.best.val_accuracy" in run.data.metrics  # what tests/test_registry.py finds on the model too
+    # the summary: tags of the run (summary.*) and of the registered version (what tests/test_registry.py checks)
+    assert float(run.data.tags["summary.best.val_accuracy"]) == pytest.approx(summary["best"]["val_accuracy"])
+    assert float(version.tags["best.val_accuracy"]) == pytest.approx(summary["best"]["val_accuracy"], rel=1e-5)
 
     evaluate_stage.main(paths, args_for(tmp_path, "cnn"))
     report = json.loads((tmp_path / "metrics/evaluate/cnn.json").read_text())
@@ -129,6 +151,14 @@ def test_train_then_evaluate_write_every_declared_output(tmp_path, mlflow_uri):
     assert roc[0]["fpr"] == 0 and roc[-1]["tpr"] == 1
     confusion = json.loads((tmp_path / "plots/evaluate/cnn/confusion.json").read_text())
     assert len(confusion) == 24
+    reliability = json.loads((tmp_path / "plots/evaluate/cnn/reliability.json").read_text())
+    assert reliability and report["calibration"]["temperature"] == pytest.approx(summary["detector"]["temperature"])
+    assert set(report["operating_points"]) == set(summary["detector"]["operating_points"])
+    assert report["ood"]["cifake_test"]["images"] == 24
+    robust = json.loads((tmp_path / "metrics/robustness/cnn.json").read_text())
+    perturbations = tiny_params()["robustness"]["perturbations"]
+    assert len(robust["scores"]) == 1 + len(perturbations)  # clean, then each perturbation
+    assert min(s["accuracy"] for s in robust["scores"].values()) == robust["worst_accuracy"] or len(perturbations) == 0
     # Evaluation used the saved model: its accuracy equals a direct prediction of the reloaded file.
     model = load_model(tmp_path / "models/cnn.keras", rebuild_with="x")
     with np.load(tmp_path / "data/prepared/test.npz") as test:
@@ -177,20 +207,19 @@ def test_missing_model_for_evaluation(tmp_path, mlflow_uri):
         evaluate_stage.main(ProjectPaths(tmp_path), args_for(tmp_path, "cnn"))
 
 
+@pytest.mark.slow  # a stage killed and resumed through subprocesses; the fit itself: tests/test_training.py
 def test_interrupted_training_resumes_from_next_epoch(tmp_path, mlflow_uri):
     """SIGTERM the real stage script after its first finished epoch; the rerun continues from epoch 2."""
     write_prepared(tmp_path, sizes=(("train", 1200), ("val", 100), ("test", 10)))  # a few seconds per epoch
     args = args_for(tmp_path, "cnn", **{"models.cnn": {"epochs": 4, "batch_size": 32}})
     state = ProjectPaths(tmp_path).state / "train" / "cnn"
     script = REPO / "stages" / "train.py"
-    # The script resolves its project root from its own location; run a copy placed in tmp_path/stages.
+    # The script's project root is the folder above its own: run a copy placed in tmp_path/stages.
     (tmp_path / "stages").mkdir()
-    bootstrap = f"ROOT = Path({str(tmp_path)!r})\nsys.path.insert(0, {str(REPO / 'src')!r})"
-    source = script.read_text().replace("ROOT = Path(__file__).resolve().parents[1]", bootstrap)
-    (tmp_path / "stages" / "train.py").write_text(source)
+    shutil.copy2(script, tmp_path / "stages" / "train.py")
     proc = subprocess.Popen([sys.executable, str(tmp_path / "stages" / "train.py"), "--params", str(args.params),
                              "--model", "cnn"], env=os.environ.copy())  # fmt: skip
-    backup = f"*/{training.BACKUP}/{training.BACKUP_COMMIT}"
+    backup = f"*/{BACKUP}/{BACKUP_COMMIT}"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if list(state.glob(backup)):  # at least one epoch is finished and backed up
@@ -211,7 +240,7 @@ def test_interrupted_training_resumes_from_next_epoch(tmp_path, mlflow_uri):
 
 def test_three_class_splits_keep_dcgan_validation_apart():
     rng = np.random.default_rng(0)
-    from realfake.prepare import Split
+    from realfake.data.prepare import Split
 
     binary = Split(rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8), np.arange(12, dtype=np.uint8) % 2,
                    ("real", "fake"))  # fmt: skip

@@ -1,0 +1,58 @@
+"""realfake: tell real photos from AI-generated images (CIFAKE), as a reproducible DVC + MLflow pipeline.
+
+`import realfake` registers the custom Keras layers that realfake's saved models use, so
+`keras.models.load_model(path)` works after it; `realfake.load_model(path)` does the same in one call.
+The registration waits until something imports Keras (a post-import hook): importing realfake alone costs neither
+TensorFlow's start-up time nor its memory, which the data stages and `realfake --help` do not need.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import wrapt
+
+try:
+    __version__ = version("realfake")
+except PackageNotFoundError:  # running from a source checkout that is not installed
+    __version__ = "0+unknown"
+
+
+@contextlib.contextmanager
+def quiet_native_stderr() -> Iterator[None]:
+    """Silence what C++ libraries write straight to file descriptor 2 (TensorFlow's CUDA probing, printed before
+    its log level applies), unless REALFAKE_NATIVE_LOGS=1. Python's own errors are raised after it is restored."""
+    if os.environ.get("REALFAKE_NATIVE_LOGS") == "1":
+        yield
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _register_layers(keras_module) -> None:
+    import realfake.models.layers  # noqa: F401  (its decorators register the layers with Keras)
+
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's info and warning lines would bury realfake's own
+wrapt.register_post_import_hook(_register_layers, "keras")  # runs at once when Keras is already imported
+
+
+def load_model(path: str | Path):
+    """Load a model saved by realfake (`models/<name>.keras`) in Keras' safe mode, uncompiled.
+
+    Keras alone (`keras.models.load_model`) needs `import realfake` first, or it cannot find realfake's layers
+    (TTAViews, Calibration, ...).
+    """
+    from realfake.models.saving import load_model as load
+
+    return load(Path(path), rebuild_with="dvc repro")

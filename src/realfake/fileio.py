@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -14,12 +15,35 @@ from typing import Any
 import numpy as np
 
 
+def _remove_stale_siblings(final: Path) -> None:
+    """Delete temporary siblings of `final` left by a process that no longer runs (killed by SIGKILL, say).
+
+    Their names carry the writer's pid: `.<name>.<pid>.<random>.tmp`.
+    """
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        writer = stale.name[len(final.name) + 2 :].split(".", 1)[0]
+        if writer.isdigit() and int(writer) != os.getpid() and not _running(int(writer)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def atomic_path(final: Path, *, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of `final`; on success it replaces `final`, on error it is removed."""
+    """Yield a temporary sibling of `final`; on success it replaces `final`, on error (or a signal that unwinds,
+    see `pipeline.process`) it is removed. Siblings left by dead writers are removed first."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    _remove_stale_siblings(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent))
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a renamed output folder should get the usual permissions

@@ -14,12 +14,12 @@ from typing import Any, Literal
 
 from ruamel.yaml import YAML, YAMLError
 
+from realfake.data.perturb import Degradation, Perturbation
 from realfake.errors import ParamsError
-from realfake.prepare import AUGMENTATIONS
-from realfake.robustness import Perturbation
 
-DATA_SOURCES = ("kaggle", "archive")
-STRATEGIES = ("auto", "default", "mirrored")
+DATA_SOURCES = ("auto", "kaggle", "archive")
+AUGMENTATIONS = ("rot90", "hflip")  # pixel-exact image symmetries (data.prepare and data.transforms implement them)
+STRATEGIES = ("auto", "default", "mirrored", "data_parallel")
 OPTIMIZERS = ("adam", "adamax", "adamw", "sgd")
 SCHEDULES = ("constant", "warmup_cosine")
 
@@ -38,7 +38,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], key)
+        for alternative in inner[:-1]:  # the first alternative that takes the value; the last one explains a refusal
+            try:
+                return _convert(value, alternative, key)
+            except ParamsError:
+                continue
+        return _convert(value, inner[-1], key)
     if origin is Literal:
         if value not in args:
             raise ParamsError(f"{key}: {value!r} is not allowed; use one of {', '.join(map(str, args))}")
@@ -108,16 +113,16 @@ class BaseParams:
 
 @dataclasses.dataclass(frozen=True)
 class DataParams:
-    source: Literal["kaggle", "archive"]
+    source: Literal["auto", "kaggle", "archive"]
     kaggle_dataset: str
     archive: str | None
     archive_sha256: str | None
 
     def validate(self, key: str) -> None:
-        if self.source == "archive" and not self.archive:
+        if self.source != "kaggle" and not self.archive:
             raise ParamsError(
-                f"{key}.archive: required when {key}.source is 'archive'; "
-                f"set it with: dvc exp run -S data.source=archive -S data.archive=PATH_OR_URL"
+                f"{key}.archive: required when {key}.source is {self.source!r}; set it to the zip's path or URL, "
+                f"e.g. dvc exp run -S data.archive=data/cifake.zip"
             )
         sha = self.archive_sha256
         if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
@@ -126,13 +131,14 @@ class DataParams:
 
 @dataclasses.dataclass(frozen=True)
 class PrepareParams:
-    per_class: int
+    per_class: int | Literal["all"]
     val_fraction: float
     augment: tuple[str, ...]
     drop_test_overlap: bool
 
     def validate(self, key: str) -> None:
-        require_positive(key, per_class=self.per_class)
+        if self.per_class != "all":
+            require_positive(key, per_class=self.per_class)
         require_fraction(key, val_fraction=self.val_fraction)
         if self.val_fraction == 0:
             raise ParamsError(f"{key}.val_fraction: must be > 0 (model selection needs a validation split)")
@@ -147,7 +153,7 @@ class PrepareParams:
 class TrainParams:
     """Settings shared by every classifier training (the train matrix and train_3class)."""
 
-    strategy: Literal["auto", "default", "mirrored"]
+    strategy: Literal["auto", "default", "mirrored", "data_parallel"]
     monitor: str
     monitor_mode: Literal["max", "min"]
     early_stopping_patience: int | None
@@ -170,9 +176,20 @@ class _Fit:
     augment: tuple[str, ...]  # on the fly, per batch; the prepare stage's copies are separate
     max_shift: int  # on the fly: random whole-pixel translations up to this far in y and x (0 = none)
     jit_compile: Literal["auto", True, False]  # XLA for the train step; per model: it speeds some up, slows others
+    degrade: tuple[Degradation, ...]  # on the fly, per image: random JPEG / downscale / blur / noise, in order
+    max_train_minutes: float | None  # stop before an epoch that would end past this much training time
+    test_curve: bool  # score the test split after every epoch for the accuracy-against-time plot; never selects
 
     def validate(self, key: str) -> None:
-        require_positive(key, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate)
+        require_positive(
+            key, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+            max_train_minutes=self.max_train_minutes,
+        )  # fmt: skip
+        for i, degradation in enumerate(self.degrade):
+            try:
+                degradation.check()
+            except ValueError as exc:
+                raise ParamsError(f"{key}.degrade[{i}]: {exc}") from None
         if not isinstance(self.jit_compile, bool) and self.jit_compile != "auto":  # Literal lets 0 and 1 pass
             raise ParamsError(f"{key}.jit_compile: {self.jit_compile!r} is not allowed; use auto, true or false")
         require_fraction(key, label_smoothing=self.label_smoothing)
@@ -268,11 +285,14 @@ class EvaluateParams:
     n_bootstrap: int
     confidence: float
     roc_max_points: int
+    calibration_bins: int
+    ood_photo_crops: int
 
     def validate(self, key: str) -> None:
         require_positive(
-            key, batch_size=self.batch_size, n_bootstrap=self.n_bootstrap, roc_max_points=self.roc_max_points
-        )
+            key, batch_size=self.batch_size, n_bootstrap=self.n_bootstrap, roc_max_points=self.roc_max_points,
+            calibration_bins=self.calibration_bins, ood_photo_crops=self.ood_photo_crops,
+        )  # fmt: skip
         require_fraction(key, threshold=self.threshold, confidence=self.confidence)
 
 
@@ -337,20 +357,42 @@ class ThreeClassParams:
 @dataclasses.dataclass(frozen=True)
 class RobustnessParams:
     max_images: int | None  # CIFAKE test images scored (seeded, half real / half fake); None = all
-    perturbations: tuple[Perturbation, ...]
+    perturbations: tuple[str, ...]  # "kind strength [+ kind strength ...]", parsed by `parsed()`
 
     def validate(self, key: str) -> None:
         require_positive(key, max_images=self.max_images)
         if not self.perturbations:
             raise ParamsError(f"{key}.perturbations: list at least one perturbation")
-        for i, perturbation in enumerate(self.perturbations):  # kinds are checked on loading (a Literal)
-            try:
-                perturbation.check()
-            except ValueError as exc:
-                raise ParamsError(f"{key}.perturbations[{i}]: {exc}") from None
-        names = [p.name for p in self.perturbations]
+        names = [p.name for p in self.parsed(key)]
         if len(set(names)) != len(names):
             raise ParamsError(f"{key}.perturbations: lists a perturbation twice: {names}")
+
+    def parsed(self, key: str = "robustness") -> tuple[Perturbation, ...]:
+        out = []
+        for i, text in enumerate(self.perturbations):
+            try:
+                out.append(Perturbation.parse(text))
+            except ValueError as exc:
+                raise ParamsError(f"{key}.perturbations[{i}]: {exc}") from None
+        return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorParams:
+    """What the train stage fits after training a binary model, on its train and validation splits only."""
+
+    calibration: Literal["temperature", "none"]
+    operating_fprs: tuple[float, ...]  # false-positive rates on validation reals to store thresholds for
+    ood_percentile: float  # validation images above this percentile of the OOD score are called out of distribution
+    ood_max_images: int  # train images the OOD statistics are fitted on (a seeded sample)
+
+    def validate(self, key: str) -> None:
+        for rate in self.operating_fprs:
+            if not 0 < rate < 1:
+                raise ParamsError(f"{key}.operating_fprs: each rate must be in (0, 1), got {rate}")
+        if not 50 <= self.ood_percentile < 100:
+            raise ParamsError(f"{key}.ood_percentile: must be in [50, 100), got {self.ood_percentile}")
+        require_positive(key, ood_max_images=self.ood_max_images)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,6 +418,7 @@ class Params:
     data: DataParams
     prepare: PrepareParams
     train: TrainParams
+    detector: DetectorParams
     evaluate: EvaluateParams
     dcgan: DcganParams
     generate: GenerateParams
@@ -391,6 +434,7 @@ SECTIONS = {
     "data": DataParams,
     "prepare": PrepareParams,
     "train": TrainParams,
+    "detector": DetectorParams,
     "evaluate": EvaluateParams,
     "dcgan": DcganParams,
     "generate": GenerateParams,
@@ -415,6 +459,11 @@ def load_params(path: Path, sections: typing.Iterable[str] | None = None) -> Par
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    unknown = sorted(set(raw) - set(SECTIONS) - {"models"})
+    if unknown:  # e.g. `-S +trian.epochs=3`: a typo would otherwise be ignored silently
+        raise ParamsError(
+            f"{path}: unknown section(s) {', '.join(unknown)}; allowed: {', '.join([*SECTIONS, 'models'])}"
+        )
     wanted = set(SECTIONS) | {"models"} if sections is None else set(sections)
     loaded: dict[str, Any] = {}
     for name, cls in SECTIONS.items():

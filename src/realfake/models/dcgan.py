@@ -132,7 +132,8 @@ def build_dcgan(
     learning_rate: float,
     seed: int,
 ) -> "DCGAN":
-    """The seed's DCGAN, compiled: BCE from logits, one Adam(learning_rate) per network, noise seeded by `seed`."""
+    """The reference study's DCGAN, compiled: BCE from logits, one Adam(learning_rate) per network, noise seeded by
+    `seed`."""
     generator = build_generator(
         noise_dim=noise_dim, dense_filters=dense_filters, filters=g_filters, kernel_size=kernel_size
     )

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from realfake.transforms import pixel_permutations
+from realfake.data.transforms import pixel_permutations
 
 # ImageNet channel means in BGR order, as `keras.applications.resnet50.preprocess_input` ("caffe" mode) uses.
 IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
@@ -134,3 +134,31 @@ class SpaceToDepth(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "block_size": self.block_size}
+
+
+@keras.saving.register_keras_serializable(package="realfake")
+class Calibration(keras.layers.Layer):
+    """Temperature scaling of a binary output: P(fake) -> sigmoid(logit(P(fake)) / temperature).
+
+    Takes one sigmoid column (P(fake)) or two softmax columns (P(real), P(fake)) and returns the same layout.
+    The temperature is fitted on the validation split after training (`evaluation.calibration.fit_temperature`)
+    and stored here, so every consumer of the saved model gets calibrated probabilities.
+    """
+
+    def __init__(self, temperature: float, **kwargs):
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+
+    def call(self, inputs):
+        eps = 1e-7
+        p = ops.clip(inputs[..., -1:], eps, 1 - eps)
+        calibrated = ops.sigmoid((ops.log(p) - ops.log(1 - p)) / self.temperature)
+        if inputs.shape[-1] == 1:
+            return calibrated
+        return ops.concatenate([1 - calibrated, calibrated], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}

@@ -1,0 +1,1 @@
+"""Data: reading and decoding CIFAKE, sampling and splitting, degradations, DCGAN image storage."""

@@ -1,0 +1,58 @@
+"""The outputs and MLflow records of a classifier training, shared by the `train@<model>` and `train_3class` stages:
+the saved model (and detector extras), the per-epoch history, the summary metrics, the registered model version."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import keras
+
+from realfake.fileio import atomic_path, write_json
+from realfake.models.detector import info_path, save_info
+from realfake.models.saving import save_model
+from realfake.pipeline import model_registry, process, tracking
+from realfake.training.state import clear_state
+
+SELECTION_METRIC = "best.val_accuracy"  # the registry's champion is the version with the best validation accuracy
+
+
+class MlflowEpochs(keras.callbacks.Callback):
+    """Mirror each finished epoch's metrics to the stage's MLflow run."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        tracking.log_metrics(logs or {}, step=epoch + 1)
+
+
+def write_history(path: Path, history: dict) -> None:
+    keys = list(history)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(keys)
+        writer.writerows(zip(*(history[k] for k in keys), strict=True))
+
+
+def publish(paths, *, name: str, result, model: keras.Model, summary: dict, detector, state_dir: Path,
+            registered_name: str, class_names, image_shape, batch_size: int) -> None:  # fmt: skip
+    """Write models/<name>.keras (+ .detector.npz), plots/train/<name>.csv and metrics/train/<name>.json; log them to
+    the active MLflow run and register the model; then delete the training state."""
+    for epoch in range(result.resumed_epochs):  # epochs finished before an interruption, logged by an earlier run
+        tracking.log_metrics({k: v[epoch] for k, v in result.history.items()}, step=epoch + 1)
+    summary["machine"] = process.machine_description()
+    model_file = paths.model_file(name)
+    save_model(model, model_file)
+    extras = {}
+    if detector is not None:
+        save_info(info_path(model_file), detector)
+        extras["detector"] = info_path(model_file)
+    history_file = paths.plots / "train" / f"{name}.csv"
+    metrics_file = paths.metrics / "train" / f"{name}.json"
+    write_history(history_file, result.history)
+    write_json(metrics_file, summary)
+    tracking.log_artifacts(metrics_file, history_file)
+    tracking.set_tags(summary, prefix="summary.")  # per-run facts, kept out of the per-epoch charts
+    model_registry.log_registered_model(
+        model_file, registered_name=registered_name, class_names=class_names, image_shape=image_shape,
+        batch_size=batch_size, summary=summary, selection_metric=SELECTION_METRIC, extra_artifacts=extras,
+    )  # fmt: skip
+    clear_state(state_dir)

@@ -1,0 +1,1 @@
+"""Serving: `realfake predict` / `explain`, the shipped detector, and the MLflow pyfunc of a trained model."""

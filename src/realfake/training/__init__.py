@@ -1,0 +1,1 @@
+"""Training: input pipelines, optimizers, resumable fit with budget and test curve, classifiers, the DCGAN loop."""
