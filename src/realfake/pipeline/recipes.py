@@ -182,6 +182,11 @@ def seed_row(root: Path, ref: str, models: tuple[str, ...]) -> dict:
             "train_minutes": None if train.get("train_seconds") is None else round(train["train_seconds"] / 60, 2),
             "machine": train.get("machine"),
             "test_images": evaluate.get("n"),
+            "ece_uncalibrated": (evaluate.get("calibration") or {}).get("ece_uncalibrated"),
+            "operating_points": {
+                name: point["test"] for name, point in (evaluate.get("operating_points") or {}).items()
+            },
+            "ood": {name: value for name, value in (evaluate.get("ood") or {}).items() if isinstance(value, dict)},
         }
     return row
 
@@ -274,17 +279,85 @@ def published_table(root: Path) -> str:
     return markdown(rows, ["model (reference study, its CIFAKE test set)", "accuracy", "macro F1", "notes"])
 
 
+# The robust-detector targets: (robustness column, target accuracy); "jpeg 50-90" = every JPEG column 50..90.
+WILD_TARGETS = (
+    ("none", 0.97), ("jpeg_90", 0.95), ("jpeg_70", 0.95), ("jpeg_50", 0.95), ("jpeg_30", 0.93), ("noise_5", 0.95),
+    ("downscale_2", 0.90), ("blur_1", 0.90), ("downscale_2+jpeg_75", 0.88),
+)  # fmt: skip
+WILD_DOC = Path("docs") / "detector-in-the-wild.md"
+WILD_START, WILD_END = "<!-- measured:start -->", "<!-- measured:end -->"
+
+
+def wild_tables(root: Path) -> str:
+    """Robustness against its targets, calibration, operating points and OOD separation of every recorded recipe."""
+    results = [json.loads(p.read_text()) for p in sorted((Path(root) / RESULTS).glob("*.json"))]
+    rows, calibration, points, ood = [], [], [], []
+    for result in results:
+        for model in result["summary"]:
+            seeds = [row[model] for row in result["seeds"]]
+            label = f"`{result['recipe']}` {model} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+
+            def mean(values):
+                values = [v for v in values if v is not None]
+                return statistics.fmean(values) if values else None
+
+            cells = []
+            for column, target in WILD_TARGETS:
+                value = mean([s["robustness"].get(column) for s in seeds])
+                cells.append("-" if value is None else f"{value:.3f}" + (" ✓" if value >= target else ""))
+            robust = mean([s["robust_accuracy"] for s in seeds])
+            rows.append([label, *cells, "-" if robust is None else f"{robust:.3f}"])
+            ece, before = mean([s["test_ece"] for s in seeds]), mean([s.get("ece_uncalibrated") for s in seeds])
+            if ece is not None:
+                calibration.append([label, f"{ece:.4f}", "-" if before is None else f"{before:.4f}"])
+            for name in seeds[0].get("operating_points") or {}:
+                fpr = mean([s["operating_points"][name]["fpr"] for s in seeds])
+                recall = mean([s["operating_points"][name]["recall"] for s in seeds])
+                points.append([label, name, f"{fpr:.4f}", f"{recall:.4f}"])
+            if seeds[0].get("ood"):
+                photo = mean([s["ood"]["photo_crops"]["auc_vs_cifake_test"] for s in seeds])
+                down = mean([s["ood"]["cifake_downscaled_2x"]["auc_vs_cifake_test"] for s in seeds])
+                flagged = mean([s["ood"]["photo_crops"]["flagged_share"] for s in seeds])
+                inside = mean([s["ood"]["cifake_test"]["flagged_share"] for s in seeds])
+                ood.append([label, f"{photo:.3f}", f"{flagged:.2f}", f"{down:.3f}", f"{inside:.3f}"])
+    header = ["recipe, model", *(f"{c} (>= {t})" for c, t in WILD_TARGETS), "robust accuracy"]
+    return (
+        "Written by `make results` from `results/*.json` (means over the recorded seeds; ✓ = the target met). "
+        "Accuracy on 2,000 test images per column, real and fake alike perturbed:\n\n"
+        + markdown(rows, header)
+        + "\nCalibration on the test split (15 bins):\n\n"
+        + markdown(calibration, ["recipe, model", "ECE", "ECE before the temperature"])
+        + "\nThresholds chosen on validation real images, on the test split:\n\n"
+        + markdown(points, ["recipe, model", "operating point", "test false-positive rate", "test recall on fakes"])
+        + "\nOut-of-distribution score (OOD = positive):\n\n"
+        + markdown(
+            ood,
+            [
+                "recipe, model",
+                "AUC, resized photo crops vs CIFAKE test",
+                "photo crops flagged",
+                "AUC, CIFAKE downscaled 2x vs CIFAKE test",
+                "CIFAKE test flagged",
+            ],
+        )  # fmt: skip
+    )
+
+
+def _replace_between(path: Path, start: str, end: str, body: str) -> None:
+    text = path.read_text()
+    if start not in text or end not in text:
+        raise RealfakeError(f"{path}: the markers {start} / {end} are missing")
+    before, rest = text.split(start, 1)
+    path.write_text(f"{before}{start}\n{body}{end}{rest.split(end, 1)[1]}")
+
+
 def write_tables(root: Path) -> None:
     """docs/results.md (every recorded recipe, per seed) and the README's headline table, between its markers."""
     root = Path(root)
     headline = markdown(headline_rows(root), HEADER)
-    readme = root / "README.md"
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise RealfakeError(f"{readme}: the results markers {README_START} / {README_END} are missing")
-    before, rest = text.split(README_START, 1)
-    after = rest.split(README_END, 1)[1]
-    readme.write_text(f"{before}{README_START}\n{headline}{README_END}{after}")
+    _replace_between(root / "README.md", README_START, README_END, headline)
+    if (root / WILD_DOC).is_file():
+        _replace_between(root / WILD_DOC, WILD_START, WILD_END, wild_tables(root))
 
     parts = [
         "# Results\n\nWritten by `make results` from `results/*.json`, which `make record RECIPE=<name>` writes "

@@ -27,9 +27,19 @@ log = logging.getLogger(__name__)
 
 
 def build_classifier(
-    name: str, spec: ModelParams, *, input_shape: tuple[int, int, int], num_classes: int, seed: int
+    name: str,
+    spec: ModelParams,
+    *,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    seed: int,
+    test_time_shifts: bool = True,
 ) -> keras.Model:
-    """The keras model for models.<name>; every model takes uint8-valued RGB pixels and preprocesses inside."""
+    """The keras model for models.<name>; every model takes uint8-valued RGB pixels and preprocesses inside.
+
+    `test_time_shifts=False` leaves out the fast detector's shifted test-time views (`tta_max_shift`), which
+    `train_classifier` adds after training: validating every epoch on 18 views instead of 2 would cost more than the
+    epoch's training."""
     key = f"models.{name}"
     if isinstance(spec, CnnParams):
         if num_classes != 2:
@@ -68,7 +78,7 @@ def build_classifier(
         model = build_fast(
             input_shape=input_shape, stage_filters=spec.stage_filters, convs_per_stage=spec.convs_per_stage,
             space_to_depth=spec.space_to_depth, dropout=spec.dropout, flip_tta=spec.flip_tta,
-            tta_max_shift=spec.tta_max_shift, seed=seed,
+            tta_max_shift=spec.tta_max_shift if test_time_shifts else 0, seed=seed,
         )  # fmt: skip
         if model.count_params() > spec.max_parameters:
             raise ParamsError(
@@ -129,8 +139,9 @@ def train_classifier(
     )  # fmt: skip
     val_batches = Batches(val.images, val.labels, batch_size=spec.batch_size, **sharding)
 
-    def build() -> keras.Model:
-        return build_classifier(name, spec, input_shape=image_shape, num_classes=num_classes, seed=seed)
+    def build(test_time_shifts: bool = False) -> keras.Model:
+        return build_classifier(name, spec, input_shape=image_shape, num_classes=num_classes, seed=seed,
+                                test_time_shifts=test_time_shifts)  # fmt: skip
 
     with distribution_strategy(train_params.strategy).scope():
         model = build()
@@ -160,6 +171,10 @@ def train_classifier(
     )
     if placement.data_parallel:
         result.model = gather(result.model, build)
+    if isinstance(spec, FastParams) and spec.tta_max_shift:  # the test-time shifts join after training
+        final = build(test_time_shifts=True)
+        final.set_weights(result.model.get_weights())
+        result.model = final
     return result, state_dir
 
 

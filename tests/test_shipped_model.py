@@ -1,0 +1,42 @@
+"""The detector that ships inside the package: it loads in safe mode with its extras and card, and its card's test
+accuracy is what a fresh scoring of the large archive's test split gives (-m slow, with cifake-large.zip)."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import DATA_DIR
+
+from realfake.data import cifake
+from realfake.evaluation.scoring import p_fake, predict_proba
+from realfake.models.detector import info_path, load_info
+from realfake.models.saving import load_model
+from realfake.serving import predict
+
+LARGE = DATA_DIR / "cifake-large.zip"
+
+
+def test_the_shipped_detector_loads_in_safe_mode_with_its_extras_and_card():
+    model = load_model(predict.SHIPPED_MODEL, rebuild_with="make ship")  # safe mode: no Lambda layer, no pickle
+    assert predict.SHIPPED_MODEL.stat().st_size <= 2 * 1024 * 1024
+    assert [layer.__class__.__name__ for layer in model.layers][-2:] == ["TTAMean", "Calibration"]
+    info = load_info(info_path(predict.SHIPPED_MODEL))
+    assert set(info.operating_points) == {"fpr_0.01", "fpr_0.05"} and info.ood_cutoff > 0
+    card = json.loads(predict.SHIPPED_CARD.read_text())
+    assert card["recipe"] == "fast-30min" and card["test"]["accuracy"] >= 0.97
+    text = (predict.SHIPPED_MODEL.parent / "MODEL_CARD.md").read_text()
+    assert "## Limits" in text and f"{card['test']['accuracy']:.4f}" in text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LARGE.exists(), reason=f"{LARGE} not present (set REALFAKE_DATA_DIR)")
+def test_the_card_accuracy_is_what_the_large_archive_test_split_gives():
+    entries = [e for e in cifake.read_zip(LARGE) if cifake.SPLITS[e.split] == "test"]
+    raw = cifake.decode_entries(entries)
+    labels = raw.label.astype(np.int64)  # CIFAKE's FAKE (1) is the models' fake (1)
+    model = load_model(predict.SHIPPED_MODEL, rebuild_with="make ship")
+    accuracy = float(np.mean((p_fake(predict_proba(model, raw.images, batch_size=500)) >= 0.5) == labels))
+    card = json.loads(predict.SHIPPED_CARD.read_text())
+    assert len(labels) == card["test"]["n"] == 10_000
+    assert accuracy == pytest.approx(card["test"]["accuracy"], abs=0.001)  # the same images; numerics may differ
+    assert accuracy >= 0.97
