@@ -3,12 +3,14 @@ back from the experiments' git refs into results/ and the README's table."""
 
 import json
 import subprocess
+from subprocess import CompletedProcess
 
 import pytest
 import yaml
 from stage_helpers import REPO, tiny_params
 
 from realfake.errors import ParamsError
+from realfake.paths import STATE_DIR_ENV, ProjectPaths
 from realfake.pipeline import recipes
 
 
@@ -114,3 +116,16 @@ def test_record_without_experiments_says_how_to_run_them(tmp_path):
         recipes.RealfakeError, match=r'no experiments demo-seed\*; run `make exp RECIPE=demo SEEDS="3"`'
     ):
         recipes.record(tmp_path, recipe)
+
+
+def test_every_temporary_copy_keeps_its_training_state_in_the_workspace(tmp_path, monkeypatch):
+    """`dvc exp run --temp` gives each run a new copy; a rerun after an interruption must find the old epochs."""
+    recipe = project(tmp_path, "targets: [evaluate@fast]\nseeds: [42, 1]\nset: {}\n")
+    monkeypatch.delenv(STATE_DIR_ENV, raising=False)
+    seen = []
+    monkeypatch.setattr(recipes.subprocess, "run", lambda cmd, **kw: seen.append(kw) or CompletedProcess(cmd, 0))
+    recipes.run(tmp_path, recipe, (42, 1))
+    assert [kw["env"][STATE_DIR_ENV] for kw in seen] == [str(tmp_path.resolve() / ".cache" / "state")] * 2
+    copy = tmp_path / ".dvc" / "tmp" / "exps" / "standalone" / "tmpcopy"
+    monkeypatch.setenv(STATE_DIR_ENV, seen[0]["env"][STATE_DIR_ENV])
+    assert ProjectPaths(copy).state == tmp_path.resolve() / ".cache" / "state"

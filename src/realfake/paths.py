@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
+
+STATE_DIR_ENV = "REALFAKE_STATE_DIR"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +51,12 @@ class ProjectPaths:
 
     @property
     def state(self) -> Path:
-        """Resumable training state; outside DVC's outputs, which DVC deletes before it runs a stage."""
-        return self.root / ".cache" / "state"
+        """Resumable training state; outside DVC's outputs, which DVC deletes before it runs a stage.
+
+        REALFAKE_STATE_DIR moves it: `dvc exp run --temp` runs each experiment in a new copy of the repository, so
+        the recipe runner points every copy at the workspace's state, where a rerun after an interruption finds it.
+        """
+        return Path(os.environ.get(STATE_DIR_ENV) or self.root / ".cache" / "state")
 
     @property
     def metrics(self) -> Path:

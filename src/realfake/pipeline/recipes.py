@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import statistics
 import subprocess
@@ -33,6 +34,7 @@ from ruamel.yaml import YAML
 from realfake.errors import ParamsError, RealfakeError
 from realfake.evaluation.reports import model_card
 from realfake.params import load_params
+from realfake.paths import STATE_DIR_ENV, ProjectPaths
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +122,13 @@ def exp_command(recipe: Recipe, seed: int) -> list[str]:
 def run(root: Path, recipe: Recipe, seeds: tuple[int, ...]) -> None:
     """One DVC experiment per seed, one after another (each in a temporary copy: the workspace is left as it is)."""
     check(root, recipe)
+    # an interrupted experiment resumes from its last epoch when rerun, although --temp gives it a new copy
+    env = {**os.environ, STATE_DIR_ENV: str(ProjectPaths(Path(root).resolve()).state)}
     for seed in seeds:
         command = exp_command(recipe, seed)
         log.info("running %s", " ".join(command))
         started = time.monotonic()
-        if subprocess.run(command, cwd=root).returncode != 0:
+        if subprocess.run(command, cwd=root, env=env).returncode != 0:
             raise RealfakeError(f"recipe {recipe.name}: `{' '.join(command)}` failed (see above)")
         log.info("%s finished in %.1f minutes", recipe.experiment(seed), (time.monotonic() - started) / 60)
 
