@@ -1,6 +1,7 @@
 """Reading, checking and decoding Kaggle-layout archives, with every kind of bad input named in the error."""
 
 import io
+import signal
 import struct
 import tracemalloc
 import zipfile
@@ -12,6 +13,7 @@ from PIL import Image
 
 from realfake.data import cifake
 from realfake.errors import DataError
+from realfake.pipeline.process import on_sigterm
 
 
 def decode_zip(path):
@@ -221,3 +223,17 @@ def test_oversized_loose_file_is_refused(tmp_path):
         fh.truncate(2 << 20)  # sparse: takes no disk space
     with pytest.raises(DataError, match=r"ds: test/FAKE/huge\.jpg is 2097152 bytes, over the 1048576-byte limit"):
         cifake.read_folder(root)
+
+
+def test_decoding_workers_end_quietly_under_the_stages_sigterm_handler(tmp_path, capfd):
+    """Forked decoders inherit the stage's raising SIGTERM handler; the pool's terminate() must not print tracebacks."""
+    archive = write_zip(tmp_path / "big.zip", cifake_files(per_folder=600, duplicates=0))
+    previous = signal.getsignal(signal.SIGTERM)
+    on_sigterm()
+    try:
+        for _ in range(5):  # a worker prints only when the signal catches it in Python code: give it chances
+            raw = cifake.decode_entries(cifake.read_zip(archive), workers=2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(raw.images) == 2400
+    assert "Traceback" not in capfd.readouterr().err

@@ -14,6 +14,7 @@ import mmap
 import multiprocessing
 import os
 import re
+import signal
 import zipfile
 import zlib
 from collections import Counter
@@ -263,6 +264,13 @@ def _decode_into(entry: Entry, out: np.ndarray) -> str | None:
 _WORK: tuple[list[Entry], np.ndarray] | None = None
 
 
+def _plain_worker_signals() -> None:
+    """A forked worker inherits the stage's SIGTERM handler, which raises: the pool's own terminate() at the end
+    would then print a traceback per worker. Workers die quietly instead, and leave Ctrl-C to the parent."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _decode_range(bounds: tuple[int, int]) -> list[tuple[int, str]]:
     entries, images = _WORK
     return [(i, p) for i in range(*bounds) if (p := _decode_into(entries[i], images[i]))]
@@ -295,7 +303,7 @@ def decode_entries(entries: list[Entry], *, workers: int | None = None) -> RawDa
     try:
         bar = tqdm(total=n, desc="decoding images", unit="img", mininterval=1, leave=False)
         if workers > 1 and "fork" in multiprocessing.get_all_start_methods() and n > chunk:
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
+            with multiprocessing.get_context("fork").Pool(workers, initializer=_plain_worker_signals) as pool:
                 for (lo, hi), found in zip(ranges, pool.imap(_decode_range, ranges), strict=True):
                     problems += found
                     bar.update(hi - lo)

@@ -32,6 +32,7 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from realfake.errors import ParamsError, RealfakeError
+from realfake.fileio import atomic_path
 from realfake.evaluation.reports import model_card
 from realfake.params import load_params
 from realfake.paths import STATE_DIR_ENV, ProjectPaths
@@ -409,7 +410,11 @@ def ship(root: Path, recipe: Recipe, *, model: str, seed: int) -> Path:
     for suffix in (".keras", ".detector.npz"):
         md5 = outs[f"models/{model}{suffix}"]
         cached = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
-        shutil.copyfile(cached, target / f"fast{suffix}")
+        if not cached.is_file():
+            raise RealfakeError(f"{cached}: not in DVC's cache; `dvc exp apply {recipe.experiment(seed)}` then "
+                                f"`dvc pull` or rerun `{recipe.command((seed,))}`")  # fmt: skip
+        with atomic_path(target / f"fast{suffix}") as tmp:
+            shutil.copyfile(cached, tmp)
     row = seed_row(root, refs[0], (model,))
     evaluate = _read(root, refs[0], f"metrics/evaluate/{model}.json")
     train = _read(root, refs[0], f"metrics/train/{model}.json")
@@ -426,8 +431,10 @@ def ship(root: Path, recipe: Recipe, *, model: str, seed: int) -> Path:
         "robustness": row[model]["robustness"],
         "robust_accuracy": row[model]["robust_accuracy"],
     }
-    (target / "card.json").write_text(json.dumps(card, indent=1) + "\n")
-    (target / "MODEL_CARD.md").write_text(model_card(card))
+    with atomic_path(target / "card.json") as tmp:
+        tmp.write_text(json.dumps(card, indent=1) + "\n")
+    with atomic_path(target / "MODEL_CARD.md") as tmp:
+        tmp.write_text(model_card(card))
     return target
 
 
