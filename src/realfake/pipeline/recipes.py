@@ -32,8 +32,8 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from realfake.errors import ParamsError, RealfakeError
-from realfake.fileio import atomic_path
 from realfake.evaluation.reports import model_card
+from realfake.fileio import atomic_path
 from realfake.params import load_params
 from realfake.paths import STATE_DIR_ENV, ProjectPaths
 
