@@ -48,8 +48,8 @@ record: $(VENV)/.installed  # make record RECIPE=fast-30min: results/<recipe>.js
 results: $(VENV)/.installed  # docs/results.md and the README's results table, from results/*.json
 	$(BIN)/python -m realfake.pipeline.recipes table
 
-ship: $(VENV)/.installed  # the fast-30min recipe's model (seed 42) into the package, with its card data
-	$(BIN)/python -m realfake.pipeline.recipes ship fast-30min --seeds 42
+ship: $(VENV)/.installed  # the fast-60min recipe's model (seed 42) into the package, with its card data
+	$(BIN)/python -m realfake.pipeline.recipes ship fast-60min --seeds 42
 
 mlflow-server: $(VENV)/.installed  # PostgreSQL + MLflow server on 127.0.0.1; prints the MLFLOW_TRACKING_URI to use
 	bash scripts/mlflow_server.sh start

@@ -252,7 +252,7 @@ def has_pipeline_models(paths: ProjectPaths) -> bool:
     return bool(val_accuracies(paths))
 
 
-# The detector that ships inside the package (trained by the fast-30min recipe; see its MODEL_CARD.md).
+# The detector that ships inside the package (trained by the fast-60min recipe; see its MODEL_CARD.md).
 SHIPPED = Path(__file__).with_name("detector")
 SHIPPED_MODEL = SHIPPED / "fast.keras"
 SHIPPED_CARD = SHIPPED / "card.json"
