@@ -45,7 +45,8 @@ def test_the_lock_holds_every_stage(clone):
     assert expected - locked == set(), "stages never run by the committed `dvc repro`"
 
 
-def test_a_fresh_clone_has_nothing_changed_but_missing_outputs(clone):
+def changed_stages(clone) -> dict:
+    """`dvc status` in `clone`: stage -> what changed beyond outputs missing from the clone's cache."""
     result = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=clone, capture_output=True,
                             text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -61,4 +62,25 @@ def test_a_fresh_clone_has_nothing_changed_but_missing_outputs(clone):
             # a dependency may only be missing because it is an upstream output that the clone's cache lacks
             if set(outs.values()) - MISSING or set(deps.values()) - MISSING or set(deps) - outputs:
                 changed.setdefault(stage, []).append(entry)
+    return changed
+
+
+def test_a_fresh_clone_has_nothing_changed_but_missing_outputs(clone):
+    changed = changed_stages(clone)
     assert changed == {}, "the committed run is not HEAD's: `make repro`, then commit dvc.lock and the metrics"
+
+
+def test_editing_glue_or_model_code_reruns_only_what_it_computes(tmp_path):
+    """A comment appended to the tracking or registry code changes no stage; one appended to a Keras layer leaves
+    the data stages alone (and does re-run a training stage: the check can fail)."""
+    target = tmp_path / "realfake"
+    git("clone", "-q", "--no-local", str(REPO), str(target), cwd=tmp_path)
+    src = target / "src" / "realfake"
+    for glue in ("pipeline/tracking.py", "pipeline/model_registry.py", "serving/registry.py"):
+        with open(src / glue, "a") as fh:
+            fh.write("# an edit to the glue\n")
+    assert changed_stages(target) == {}
+    with open(src / "models" / "layers.py", "a") as fh:
+        fh.write("# an edit to a Keras layer\n")
+    changed = changed_stages(target)
+    assert not {"download", "prepare"} & set(changed) and "train@fast" in changed

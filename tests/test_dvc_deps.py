@@ -1,11 +1,12 @@
-"""dvc.yaml lists, for every stage, every library file its script imports (at any depth, also inside functions), so
-a change to any of them re-runs the stage; and no stage script imports another."""
+"""dvc.yaml lists, for every stage, every library file that computes its outputs (its script's imports at any depth,
+also inside functions, and what glue calls), so a change to any of them re-runs the stage; it lists no glue (logging,
+registry, serving, signals), so editing those re-runs nothing; and no stage script imports another."""
 
 import ast
 from pathlib import Path
 
 import yaml
-from module_deps import REPO, closure, module_file
+from module_deps import GLUE, REPO, SRC, _imported, closure, is_glue, module_file, module_name, stage_deps
 
 STAGES = REPO / "stages"
 
@@ -24,9 +25,42 @@ def stage_scripts() -> dict[str, tuple[Path, list[str]]]:
 def test_every_stage_depends_on_every_module_it_imports():
     for name, (script, deps) in stage_scripts().items():
         assert script.is_file(), f"{name}: {script} missing"
-        needed = {str(p.relative_to(REPO)) for p in closure(script)} | {str(script.relative_to(REPO)), "stages/run.sh"}
+        needed = set(stage_deps(script)) | {str(script.relative_to(REPO)), "stages/run.sh"}
         missing = sorted(needed - set(deps))
         assert not missing, f"dvc.yaml stage {name!r}: add to deps: {', '.join(missing)}"
+
+
+def test_no_stage_depends_on_glue():
+    for name, (script, deps) in stage_scripts().items():
+        needed = set(stage_deps(script))
+        listed = {d for d in deps if d.startswith("src/")}
+        glue = sorted(d for d in listed if is_glue(module_name(REPO / d)))
+        assert not glue, f"dvc.yaml stage {name!r}: glue is not a dependency, remove: {', '.join(glue)}"
+        assert listed <= needed, f"dvc.yaml stage {name!r}: not imported, remove: {', '.join(sorted(listed - needed))}"
+
+
+def test_data_stages_do_not_depend_on_model_code():
+    """Editing a Keras layer must not re-decode or re-sample the dataset."""
+    for name in ("download", "prepare"):
+        _, deps = stage_scripts()[name]
+        assert not [d for d in deps if d.startswith("src/realfake/models/")], f"{name}: {deps}"
+
+
+def test_loading_a_model_brings_its_layers():
+    """The computing closure skips `realfake/__init__`'s lazy Keras hook; models load through models/saving.py,
+    which must itself import the custom layers, so a stage that loads a model depends on them."""
+    saving = SRC / "realfake" / "models" / "saving.py"
+    assert "realfake.models.layers" in _imported(saving, "realfake.models", top_level_only=True)
+
+
+def test_glue_is_told_apart(tmp_path):
+    assert is_glue("realfake.pipeline.tracking") and is_glue("realfake.serving.registry")
+    assert not is_glue("realfake.pipeline.training_run") and not is_glue("realfake.training.fit")
+    assert set(GLUE) == {"realfake.pipeline", "realfake.serving"}
+    script = tmp_path / "stage.py"  # glue is followed into the computing code it calls, but not listed
+    script.write_text("from realfake.pipeline import stage\n")
+    found = {str(p.relative_to(REPO)) for p in closure(script, skip_glue=True)}
+    assert "src/realfake/data/prepare.py" in found and "src/realfake/pipeline/stage.py" not in found
 
 
 def test_listed_code_dependencies_exist():
