@@ -1,22 +1,33 @@
 # Two entry points on a fresh machine: `make repro` runs the pipeline, `make test` runs the tests.
-# Both create .venv when it is missing and (re)install the package when pyproject.toml changes.
+# Both create .venv when it is missing and (re)install the package when pyproject.toml changes: `make repro` only
+# what the pipeline needs (.venv/.installed-run), the other targets the dev extra too (.venv/.installed).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 RECIPE ?= cpu-quick
 SEEDS ?=
+SET ?=
+MODEL ?= fast
+SHIP_RECIPE ?= fast-60min
 
-.PHONY: repro test test-slow test-scaling lint format plots exp record results ship mlflow-server mlflow-server-stop \
-	bench gpu-prep clean-state
+.PHONY: repro test test-slow test-scaling lint format plots exp record results compare ship mlflow-server \
+	mlflow-server-stop bench gpu-prep clean-state
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed-run: pyproject.toml  # the package and what the pipeline needs (a current dev install has it all)
+	if [ ! $(VENV)/.installed -nt pyproject.toml ]; then \
+		test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+		$(BIN)/python -m pip install --quiet --upgrade pip && $(BIN)/python -m pip install --quiet -e .; \
+	fi
+	touch $@
+
+$(VENV)/.installed: pyproject.toml  # the same with the dev extra (tests, ruff)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $@
+	touch $@ $(VENV)/.installed-run
 
-repro: $(VENV)/.installed  # params.yaml = the cpu-quick recipe; reads data/cifake.zip when it is there, else Kaggle
+repro: $(VENV)/.installed-run  # params.yaml = the cpu-quick recipe; reads data/cifake.zip when it is there, else Kaggle
 	$(BIN)/dvc repro
 
 test: $(VENV)/.installed  # one worker per core; the long end-to-end test first, the idle worker steals the rest
@@ -37,19 +48,29 @@ format: $(VENV)/.installed
 	$(BIN)/ruff check --fix .
 
 plots: $(VENV)/.installed  # dvc_plots/index.html and one PNG per plot, offline; make plots REVS="HEAD fast-30min-seed42"
-	$(BIN)/python -m realfake.pipeline.plots $(REVS)
+	$(BIN)/python -m realfake.pipeline.plot_render $(REVS)
 
-exp: $(VENV)/.installed  # make exp RECIPE=fast-30min [SEEDS="42 1 2"]: one named DVC experiment per seed
-	$(BIN)/python -m realfake.pipeline.recipes run $(RECIPE) $(if $(SEEDS),--seeds $(SEEDS))
+# make exp RECIPE=fast-30min [SEEDS="42 1 2"] [SET="models.fast.epochs=3 ..."]: one named DVC experiment per seed, each
+# `dvc exp run --temp` (its own temporary copy: several can run at once, the workspace's files stay as they are);
+# the recipe's and SET's keys are checked against params.yaml first
+exp: $(VENV)/.installed-run
+	$(BIN)/python -m realfake.pipeline.recipes run $(RECIPE) $(if $(SEEDS),--seeds $(SEEDS)) \
+		$(foreach s,$(SET),--set '$(s)')
 
 record: $(VENV)/.installed  # make record RECIPE=fast-30min: results/<recipe>.json from its experiments
 	$(BIN)/python -m realfake.pipeline.recipes record $(RECIPE) $(if $(SEEDS),--seeds $(SEEDS))
 
-results: $(VENV)/.installed  # docs/results.md and the README's results table, from results/*.json
+results: $(VENV)/.installed  # docs/results.md and the README's results table, from results/*.json; the study table
 	$(BIN)/python -m realfake.pipeline.recipes table
+	$(BIN)/python -m realfake.pipeline.study_table
 
-ship: $(VENV)/.installed  # the fast-60min recipe's model (seed 42) into the package, with its card data
-	$(BIN)/python -m realfake.pipeline.recipes ship fast-60min --seeds 42
+compare: $(VENV)/.installed-run  # one row per DVC experiment: changed params, headline metrics (< 120 columns)
+	$(BIN)/python -m realfake.pipeline.compare
+
+# make ship [MODEL=fast] [SHIP_RECIPE=fast-60min]: that model of the recipe's seed-42 experiment into the package as
+# <model>.keras, <model>.detector.npz and <model>.onnx, with its card; refuses to replace another shipped model
+ship: $(VENV)/.installed
+	$(BIN)/python -m realfake.pipeline.recipes ship $(SHIP_RECIPE) --model $(MODEL) --seeds 42
 
 mlflow-server: $(VENV)/.installed  # PostgreSQL + MLflow server on 127.0.0.1; prints the MLFLOW_TRACKING_URI to use
 	bash scripts/mlflow_server.sh start
@@ -71,5 +92,7 @@ gpu-prep: $(VENV)/.installed  # .whl and .gpu for benchmarks/gpu_run.sh (docs/be
 		-d .whl $(GPU_WHEELS)
 	$(BIN)/python benchmarks/ship_archive.py pack data/cifake.zip .gpu/cifake-large.jpgs.xz
 
-clean-state:  # forget interrupted-training state and download caches
+clean-state:  # forget interrupted-training state (0-byte lock files included), download caches, failed runs' state
 	rm -rf .cache/state .cache/downloads
+	test -z "$$REALFAKE_STATE_DIR" || find "$$REALFAKE_STATE_DIR" -name '*.lock' -size 0 -delete
+	test ! -d .dvc/tmp || find .dvc/tmp -type d -path '*/.cache/state' -prune -exec rm -rf {} +

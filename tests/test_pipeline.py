@@ -150,7 +150,7 @@ def run_pipeline(work, env, mlflow_uri, binary):
     plots = json.loads(sh(sys.executable, "-m", "dvc", "plots", "show", "--json", cwd=work, env=env).stdout)
     assert not plots.get("errors"), plots.get("errors")  # every declared plot file exists and parses
     assert {"Accuracy per epoch", "ROC on CIFAKE test", "DCGAN losses per epoch"} <= set(plots["data"])
-    index = sh(sys.executable, "-m", "realfake.pipeline.plots", cwd=work, env=env).stdout.strip()
+    index = sh(sys.executable, "-m", "realfake.pipeline.plot_render", cwd=work, env=env).stdout.strip()
     page = (work / index).read_text()  # an absolute path stays itself under `/`
     assert page.count("data:image/png;base64,") >= 8 and "<script" not in page and "http" not in page  # offline
     metrics = sh(sys.executable, "-m", "dvc", "metrics", "show", cwd=work, env=env).stdout

@@ -1,6 +1,7 @@
 """Named recipes: every recipe file makes a valid params.yaml, runs as named DVC experiments, and its results are read
 back from the experiments' git refs into results/ and the README's table."""
 
+import hashlib
 import json
 import subprocess
 from subprocess import CompletedProcess
@@ -12,6 +13,7 @@ from stage_helpers import REPO, tiny_params
 from realfake.errors import ParamsError
 from realfake.paths import STATE_DIR_ENV, ProjectPaths
 from realfake.pipeline import recipes
+from realfake.pipeline import ship as ship_module
 
 
 def test_every_recipe_makes_a_valid_params_yaml():
@@ -131,3 +133,57 @@ def test_every_temporary_copy_keeps_its_training_state_in_the_workspace(tmp_path
     copy = tmp_path / ".dvc" / "tmp" / "exps" / "standalone" / "tmpcopy"
     monkeypatch.setenv(STATE_DIR_ENV, seen[0]["env"][STATE_DIR_ENV])
     assert ProjectPaths(copy).state == tmp_path.resolve() / ".cache" / "state"
+
+
+def test_extra_overrides_are_checked_against_params_yaml_before_dvc_runs(tmp_path, monkeypatch):
+    recipe = project(tmp_path, "targets: [evaluate@fast]\nseeds: [42]\nset:\n  prepare.per_class: 10\n")
+    seen = []
+    monkeypatch.setattr(recipes.subprocess, "run", lambda cmd, **kw: seen.append((cmd, kw)) or CompletedProcess(cmd, 0))
+    for bad, message in (("nosuch.epochs=3", r"-S: nosuch.epochs: params.yaml has no section 'nosuch'"),
+                         ("models.fast.epoch=3", r"-S: models.fast.epoch: not a key of params.yaml"),
+                         ("models.fast.epochs", r"expected key=value")):  # fmt: skip
+        with pytest.raises(ParamsError, match=message):
+            recipes.run(tmp_path, recipe, (42,), recipes.parse_sets([bad]))
+    assert seen == []  # refused before any `dvc exp run`
+    recipes.run(tmp_path, recipe, (42,), recipes.parse_sets(["models.fast.epochs=2", "prepare.augment=[]"]))
+    ((command, kw),) = seen
+    pairs = [command[i + 1] for i, word in enumerate(command) if word == "-S"]
+    assert pairs == ["base.seed=42", "prepare.per_class=10", "models.fast.epochs=2", "prepare.augment=[]"]
+    assert command[3] == "--temp" and kw["env"]["REALFAKE_RECIPE"] == "demo"  # the parent run names its recipe
+
+
+def shipped_experiment(root, model: str) -> None:
+    """An experiment ref whose dvc.lock names `model`'s files, which lie in DVC's cache."""
+    outs = []
+    for suffix in (".keras", ".detector.npz"):
+        md5 = hashlib.md5(f"{model}{suffix}".encode()).hexdigest()
+        cached = root / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_bytes(f"{model}{suffix}".encode())
+        outs.append({"path": f"models/{model}{suffix}", "md5": md5})
+    (root / "dvc.lock").write_text(yaml.safe_dump({"stages": {f"train@{model}": {"outs": outs}}}))
+    fake_experiment(root, "demo-seed42", 42, 0.97)
+
+
+def test_ship_writes_files_named_after_the_model_and_refuses_another_models(tmp_path, monkeypatch):
+    project(tmp_path, "report: [fast]\nseeds: [42]\n")
+    (tmp_path / ".gitignore").write_text("/.dvc/cache/\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    shipped_experiment(tmp_path, "fast_robust")
+    import realfake.evaluation.reports as reports
+
+    monkeypatch.setattr(reports, "model_card", lambda card: f"# {card['model_section']}\n")
+    exported = []
+    monkeypatch.setattr(ship_module, "_export_onnx", lambda keras, onnx: exported.append((keras.name, onnx.name)))
+    recipe = recipes.load_recipe(tmp_path, "demo")
+    target = recipes.ship(tmp_path, recipe, model="fast_robust", seed=42)
+    assert (target / "fast_robust.keras").read_bytes() == b"fast_robust.keras"
+    assert (target / "fast_robust.detector.npz").is_file() and not (target / "fast.keras").exists()
+    card = json.loads((target / "card.json").read_text())
+    assert card["model_section"] == "fast_robust" and card["files"]["keras"] == "fast_robust.keras"
+    assert exported == [("fast_robust.keras", "fast_robust.onnx")]
+    with pytest.raises(recipes.RealfakeError, match=r"ships fast_robust now; shipping fast would replace its card"):
+        recipes.ship(tmp_path, recipe, model="fast", seed=42)
+    assert (target / "fast_robust.keras").is_file()

@@ -223,3 +223,73 @@ def test_mlflow_models_serve_answers_a_prediction_request(registered, tmp_path):
     assert [sorted(row) for row in rows] == [["p_fake", "p_real"]] * 5
     served = np.array([[row["p_real"], row["p_fake"]] for row in rows])
     np.testing.assert_allclose(served, registered["expected"], rtol=1e-5, atol=1e-6)
+
+
+def data_metrics(root: Path, *, archive: str = "a" * 64, val: int = 250, test: int = 5000) -> None:
+    """What the download and prepare stages record about the data (metrics/data.json, metrics/prepare.json)."""
+    (root / "metrics").mkdir(parents=True, exist_ok=True)
+    (root / "metrics" / "data.json").write_text(json.dumps({"sha256": archive, "images": 90000}))
+    counts = {"train": {"real": 9, "fake": 9}, "val": {"real": val, "fake": val}, "test": {"real": test, "fake": test}}
+    prepare = {"counts": counts, "sizes": {k: v["real"] * 2 for k, v in counts.items()}}
+    (root / "metrics" / "prepare.json").write_text(json.dumps(prepare))
+
+
+def register_on(root: Path, seed: int, val_accuracy: float, **data) -> str:
+    """Register a model saved under root/models, its data described by root/metrics; its version number."""
+    data_metrics(root, **data)
+    _, path = saved_model(root / "models", "tiny", seed=seed)
+    _, info = register(path, val_accuracy=val_accuracy, root=root, extras=False)
+    return str(info.registered_model_version)
+
+
+def test_champion_never_moves_between_versions_evaluated_on_different_data(tmp_path, mlflow_uri):
+    client = MlflowClient(mlflow_uri)
+
+    def champion() -> str:
+        return str(client.get_model_version_by_alias(NAME, model_registry.CHAMPION).version)
+
+    assert register_on(tmp_path / "big", 0, 0.90, val=2500) == "1" and champion() == "1"
+    version = client.get_model_version(NAME, "1")
+    assert version.tags["data.val_images"] == "5000" and version.tags["data.archive_sha256"] == "a" * 64
+    fingerprint = version.tags[model_registry.DATA_FINGERPRINT]
+    # a higher score on 100 validation images, or on as many images of another archive, does not compare
+    register_on(tmp_path / "small", 1, 0.99, val=50)
+    register_on(tmp_path / "other", 2, 0.99, val=2500, archive="b" * 64)
+    assert champion() == "1"
+    assert client.get_model_version(NAME, "2").tags[model_registry.DATA_FINGERPRINT] != fingerprint
+    # the same data: the better score wins
+    assert register_on(tmp_path / "same", 3, 0.95, val=2500) == "4" and champion() == "4"
+    assert client.get_model_version(NAME, "4").tags[model_registry.DATA_FINGERPRINT] == fingerprint
+    # validated on more images of the same archive is still other data: the champion stays
+    register_on(tmp_path / "bigger", 4, 0.999, val=5000)
+    assert champion() == "4"
+
+
+def test_the_rule_itself():
+    same = {model_registry.DATA_FINGERPRINT: "f", model_registry.VAL_IMAGES: "500", "best.val_accuracy": "0.9"}
+    assert model_registry.takes_champion(same, None, "best.val_accuracy")[0]
+    assert not model_registry.takes_champion(same, same, "best.val_accuracy")[0]  # equal is not better
+    small = {model_registry.DATA_FINGERPRINT: "g", model_registry.VAL_IMAGES: "100", "best.val_accuracy": "1.0"}
+    assert model_registry.takes_champion(small, same, "best.val_accuracy") == (
+        False, "validated on other data than the champion (its score does not compare)")  # fmt: skip
+    assert model_registry.tag_value(0.93581234) == "0.93581234" and model_registry.tag_value(3.0) == "3"
+
+
+def test_evaluate_gives_the_version_full_tags_and_logged_model_metrics_on_the_test_data(tmp_path, mlflow_uri):
+    data_metrics(tmp_path)
+    _, path = saved_model(tmp_path / "models", "tiny", seed=0)
+    run, _ = register(path, val_accuracy=0.75, root=tmp_path, extras=False)
+    client = MlflowClient(mlflow_uri)
+    train_run = client.get_run(run.info.run_id)
+    assert train_run.data.metrics["selected.val_accuracy"] == 0.75  # the selected epoch's values, named so
+    with tracking.stage_run("evaluate", repo_root=tmp_path, experiment="registry-test", params={}) as evaluate:
+        number = model_registry.tag_evaluated_version(NAME, path, {"test_accuracy": 0.93581234, "test_ece": 0.0123})
+    version = client.get_model_version(NAME, number)
+    assert version.tags["test_accuracy"] == "0.93581234" and version.tags["test_ece"] == "0.0123"  # not cut short
+    logged = client.get_logged_model(version.model_id or version.tags[model_registry.MODEL_ID])
+    metrics = {m.key: m for m in logged.metrics}
+    assert metrics["test_accuracy"].value == 0.93581234
+    assert metrics["test_accuracy"].dataset_name == "cifake-test"
+    assert metrics["test_accuracy"].dataset_digest == version.tags[model_registry.DATA_FINGERPRINT]
+    inputs = client.get_run(evaluate.info.run_id).inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == ["cifake-test"]

@@ -2,6 +2,7 @@
 trouble reported in one line, and the store location under dvc exp."""
 
 import fcntl
+import json
 import os
 import sqlite3
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from realfake.pipeline import process, tracking
+from realfake.pipeline import stage as stage_script
 
 
 def runs(uri, experiment="t"):
@@ -168,3 +170,91 @@ def test_default_store_is_in_main_repo_also_for_temp_exp_copies(monkeypatch, tmp
     assert tracking.tracking_uri(copy) == f"sqlite:///{(tmp_path / 'main').resolve()}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert tracking.tracking_uri(copy) == "http://127.0.0.1:5000"
+
+
+def git(cwd, *args):
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_an_experiments_parent_run_carries_its_changes_recipe_and_headline_metrics(mlflow_uri, tmp_path, monkeypatch):
+    (tmp_path / "params.yaml").write_text("prepare:\n  per_class: 2500\n  augment: [rot90]\nbase:\n  seed: 42\n")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    (tmp_path / "params.yaml").write_text("prepare:\n  per_class: 100\n  augment: []\nbase:\n  seed: 42\n")  # -S ...
+    for folder, data in {"evaluate": {"accuracy": 0.93581234, "roc_auc": 0.98, "calibration": {"ece": 0.011}},
+                         "robustness": {"robust_accuracy": 0.725}}.items():  # fmt: skip
+        (tmp_path / "metrics" / folder).mkdir(parents=True)
+        (tmp_path / "metrics" / folder / "fast.json").write_text(json.dumps(data))
+    monkeypatch.setenv("DVC_STAGE", "evaluate@fast")
+    monkeypatch.setenv("DVC_EXP_NAME", "smoke-seed42")
+    monkeypatch.setenv("REALFAKE_RECIPE", "smoke")
+    monkeypatch.setattr(process, "execution_id", lambda: "123:456")
+    with tracking.stage_run("evaluate", repo_root=tmp_path, experiment="t", params={"model": "fast"},
+                            run_name="evaluate@fast"):  # fmt: skip
+        pass
+    client, every = runs(mlflow_uri)
+    (parent,) = [r for r in every if r.data.tags.get("realfake.kind") == "pipeline"]
+    (child,) = [r for r in every if r.data.tags.get("realfake.kind") != "pipeline"]
+    assert child.info.run_name == "smoke-seed42/evaluate@fast"
+    assert parent.info.run_name == "smoke-seed42" and parent.info.status == "FINISHED"
+    assert parent.data.params == {"prepare.per_class": "100", "prepare.augment": "[]"}
+    assert parent.data.tags["realfake.recipe"] == "smoke"
+    assert parent.data.tags["realfake.changed"] == "prepare.augment=[], prepare.per_class=100"
+    assert parent.data.metrics == {"fast.test_accuracy": 0.93581234, "fast.test_roc_auc": 0.98, "fast.test_ece": 0.011,
+                                   "fast.robust_accuracy": 0.725}  # fmt: skip
+    experiment = client.get_experiment_by_name("t")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on training runs
+
+
+TRAINER = """
+import sys, time
+from pathlib import Path
+from realfake.pipeline import process, tracking
+from realfake.pipeline import stage as stage_script
+process.execution_id = lambda: "999:1"  # one `dvc exp run`
+with tracking.stage_run("train", repo_root=Path(sys.argv[1]), experiment="t", params={}):
+    print("training", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_sigkilled_stage_leaves_no_running_run_behind(mlflow_uri, tmp_path, monkeypatch):
+    env = os.environ | {"DVC_STAGE": "train@fast", "DVC_EXP_NAME": "killed-seed1", "MLFLOW_TRACKING_URI": mlflow_uri}
+    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    try:
+        assert trainer.stdout.readline().strip() == "training"
+        _, every = runs(mlflow_uri)
+        assert sorted(r.info.status for r in every) == ["RUNNING", "RUNNING"]  # the stage and its parent
+    finally:
+        trainer.kill()  # SIGKILL: no finally block runs in the trainer
+        trainer.wait(timeout=30)
+    monkeypatch.setenv("DVC_STAGE", "prepare")
+    monkeypatch.setenv("DVC_EXP_NAME", "next-seed1")
+    monkeypatch.setattr(process, "execution_id", lambda: "1000:1")  # another experiment
+    with tracking.stage_run("prepare", repo_root=tmp_path, experiment="t", params={}):
+        pass
+    _, every = runs(mlflow_uri)
+    assert not [r.info.run_name for r in every if r.info.status == "RUNNING"]
+    statuses = {r.info.run_name: r.info.status for r in every}
+    assert statuses == {"killed-seed1": "FAILED", "killed-seed1/train": "FAILED", "next-seed1": "FINISHED",
+                        "next-seed1/prepare": "FINISHED"}  # fmt: skip
+
+
+def test_the_end_of_a_run_says_whether_the_store_took_it(mlflow_uri, tmp_path, monkeypatch):
+    with pytest.raises(process.Terminated), tracking.stage_run("train", repo_root=tmp_path, experiment="t", params={}):
+        raise process.Terminated("stopped by signal SIGTERM")
+    assert tracking.last_end()["status"] == "KILLED" and tracking.last_end()["accepted"]
+    assert stage_script._run_ending() == "MLflow run marked KILLED"
+
+    def store_gone(*args, **kwargs):
+        mlflow.tracking.fluent._active_run_stack.get().clear()
+        raise ConnectionError("the store went away")
+
+    monkeypatch.setattr(mlflow, "end_run", store_gone)
+    with pytest.raises(process.Terminated), tracking.stage_run("train", repo_root=tmp_path, experiment="t", params={}):
+        raise process.Terminated("stopped by signal SIGTERM")
+    assert tracking.last_end()["accepted"] is False
+    ending = stage_script._run_ending()
+    assert "could not be marked KILLED" in ending and "marks it FAILED" in ending

@@ -109,6 +109,15 @@ def execution_id() -> str | None:
     return chain[-1] if chain else None
 
 
+def resource_usage(started: float) -> dict[str, float]:
+    """Wall time since `started` and the peak resident memory of this process and its finished children."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"wall_seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(max(own, children), 1)}
+
+
 def machine_description() -> str:
     """The hardware a result was measured on, as results name it: the accelerator if Keras' backend sees one, else
     the CPU model and its cores."""

@@ -23,7 +23,7 @@ from ruamel.yaml import YAML
 
 from realfake.errors import ParamsError, RealfakeError
 from realfake.params import load_params
-from realfake.pipeline.recipes import apply_overrides, load_recipe
+from realfake.pipeline.recipe_files import apply_overrides, load_recipe
 
 log = logging.getLogger(__name__)
 

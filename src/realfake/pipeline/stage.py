@@ -1,4 +1,5 @@
-"""What every stage script shares: logging set-up, signals, dying with DVC, and user errors printed as one line.
+"""What every stage script shares: logging set-up, signals, dying with DVC, user errors printed as one line, a quiet
+TensorFlow start, and one closing line per stage with its wall time.
 
 Exit status: 0 done; 1 a user-fixable error (printed as one line naming the file or parameter); 130 Ctrl-C;
 143 SIGTERM (or the DVC process that started the stage went away).
@@ -7,9 +8,13 @@ Exit status: 0 done; 1 a user-fixable error (printed as one line naming the file
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +39,54 @@ def _store_error(exc: BaseException) -> bool:
     return bool(modules & {"mlflow", "sqlalchemy", "requests", "urllib3"})
 
 
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Imports TensorFlow, whenever a stage first does, with file descriptor 2 silenced (`realfake.quiet_native_stderr`)
+    and its devices probed in that silence: its C++ start-up lines (oneDNN and CPU-feature notices, absl's
+    "before InitializeLog" warning, a `cuInit` error on machines without a GPU) come before its log level applies.
+    Stages that never import TensorFlow do not pay its start-up. REALFAKE_NATIVE_LOGS=1 shows the lines."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once; find_spec below must not come back here
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def quiet_exec(module):
+            from realfake import quiet_native_stderr
+
+            with quiet_native_stderr():
+                exec_module(module)
+                with contextlib.suppress(Exception):  # the GPU probe (cuInit) happens here, silenced, not later
+                    module.config.list_physical_devices()
+
+        spec.loader.exec_module = quiet_exec
+        return spec
+
+
+def quiet_tensorflow() -> None:
+    """Set up the quiet TensorFlow start (see `_QuietTensorFlowImport`); a no-op once TensorFlow is imported."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # its Python-side info and warning lines
+    if "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+def _run_ending() -> str:
+    """What became of the stage's MLflow run when it was interrupted, as the store confirmed it."""
+    from realfake.pipeline import tracking
+
+    end = tracking.last_end()
+    if not end:
+        return "no MLflow run was open"
+    if end["accepted"]:
+        return f"MLflow run marked {end['status']}"
+    return (f"MLflow run {end['run_id']} could not be marked {end['status']} in {end['uri']}; the next stage that "
+            "reaches the store marks it FAILED")  # fmt: skip
+
+
 def run(
     main: Callable[[ProjectPaths, argparse.Namespace], None],
     *,
@@ -49,19 +102,25 @@ def run(
         level=os.environ.get("REALFAKE_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_tensorflow()
     process.on_sigterm()
     process.die_with_launcher()
     args = parse_args(description, root, extra_args)
+    label = Path(script).stem + (f"@{args.model}" if isinstance(getattr(args, "model", None), str) else "")
+    started, outcome = time.monotonic(), "failed"
     try:
         main(ProjectPaths(root), args)
+        outcome = "done"
     except RealfakeError as exc:
         log.error("%s", exc)
         sys.exit(1)
     except process.Terminated as exc:
-        log.error("%s; temporary files removed, MLflow run marked KILLED", exc)
+        outcome = "stopped"
+        log.error("%s; temporary files removed, %s", exc, _run_ending())
         sys.exit(143)
     except KeyboardInterrupt:
-        log.error("interrupted; temporary files removed, MLflow run marked KILLED")
+        outcome = "stopped"
+        log.error("interrupted; temporary files removed, %s", _run_ending())
         sys.exit(130)
     except Exception as exc:
         if not _store_error(exc):
@@ -70,6 +129,8 @@ def run(
 
         log.error("%s", _store_problem(tracking_uri(root), exc))
         sys.exit(1)
+    finally:
+        log.info("stage %s %s in %.1f s", label, outcome, time.monotonic() - started)
 
 
 def main_root(paths: ProjectPaths) -> Path:

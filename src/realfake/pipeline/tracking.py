@@ -4,8 +4,11 @@ execution (a `dvc repro` or `dvc exp run`, named after the DVC experiment).
 The store is MLFLOW_TRACKING_URI when set (e.g. a shared server, `make mlflow-server`), else
 `sqlite:///<repo>/mlflow.db` of the *main* repository: `dvc exp run --temp` and `--queue` run stages in a copy under
 .dvc/tmp/exps and set DVC_ROOT to the main repo, so every experiment lands in one store. A store that cannot be used
-(corrupt, locked, unreachable) stops the stage with one line naming it and what to do. A run whose process died
-without ending it (SIGKILL, a lost server) is marked FAILED by the next stage that opens the store.
+(corrupt, locked, read-only, unreachable, not MLflow's) stops the stage with one line naming it and what to do
+(`stores`). A run whose process died without ending it (SIGKILL, a lost server) is marked FAILED by the next stage
+that opens the store, and a parent run none of whose stages still runs is ended too. Stage runs are named
+`<experiment>/<stage>`; the parent run carries the experiment's changed params, recipe and headline metrics
+(`parent_runs`). The MLflow experiment is tagged as a model-training one, so MLflow's UI opens on its runs.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from realfake.errors import RealfakeError
-from realfake.pipeline import process
+from realfake.pipeline import parent_runs, process, stores
+from realfake.pipeline.process import resource_usage
+from realfake.pipeline.stores import TrackingStoreError
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +36,14 @@ _METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-./:]")  # what MLflow accepts in metri
 LOCK_TIMEOUT_S = float(os.environ.get("REALFAKE_TRACKING_LOCK_TIMEOUT", "300"))
 # Run tags realfake sets (names in MLflow's UI)
 TAG_STAGE, TAG_EXECUTION, TAG_PROCESS, TAG_HOST = "stage", "realfake.execution", "realfake.process", "realfake.host"
+# MLflow 3's experiment tag that picks the UI's layout; "custom_model_development" opens on the training runs
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+_last_end: dict[str, Any] = {}  # how the last stage run of this process ended (see `last_end`)
 
 
 def enabled() -> bool:
     """False when REALFAKE_TRACKING=off (`pipeline.runner` on a host without MLflow): every call below does nothing."""
     return os.environ.get("REALFAKE_TRACKING", "on").lower() != "off"
-
-
-class TrackingStoreError(RealfakeError):
-    """The MLflow store cannot be used: corrupt, locked, or unreachable."""
 
 
 def main_root(repo_root: Path) -> Path:
@@ -63,24 +66,8 @@ def artifact_root(uri: str) -> Path | None:
 
 
 def _store_problem(uri: str, exc: BaseException) -> TrackingStoreError:
-    """One line naming the store, what is wrong and what to do."""
-    text = f"{type(exc).__name__}: {exc}".lower()
-    if "not a database" in text or "malformed" in text or "no such table" in text or "alembic" in text:
-        path = uri.removeprefix("sqlite:///")
-        what = (
-            f"is not a usable MLflow database (corrupt or from another program). Move it aside to start a new store "
-            f"(mv {path} {path}.broken), or point MLFLOW_TRACKING_URI at another store"
-        )
-    elif "locked" in text:
-        what = "stayed locked by another process; wait for the other stage to finish, or stop it, and run again"
-    elif any(word in text for word in ("connection", "refused", "max retries", "timed out", "unreachable")):
-        what = (
-            "cannot be reached; start the tracking server (make mlflow-server) or unset MLFLOW_TRACKING_URI to use "
-            "the repository's own mlflow.db"
-        )
-    else:
-        what = f"cannot be used ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})"
-    return TrackingStoreError(f"MLflow store {uri} {what}")
+    """One line naming the store, what is wrong and what to do (see `stores.problem`)."""
+    return stores.problem(uri, exc)
 
 
 @contextmanager
@@ -96,8 +83,7 @@ def _store_lock(uri: str) -> Iterator[None]:
         return
     import fcntl
 
-    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")  # its folder exists: `stores.check` saw to it
     timeout_s = LOCK_TIMEOUT_S
     with lock_path.open("a") as handle:  # closing the file releases the lock, also on errors
         deadline, said = time.monotonic() + timeout_s, False
@@ -142,7 +128,10 @@ def _use_experiment(name: str, uri: str) -> str:
         except Exception as exc:  # a parallel queued experiment may have created it a moment ago
             if "already exists" not in str(exc).lower():
                 raise
-    return mlflow.set_experiment(name).experiment_id
+    experiment = mlflow.set_experiment(name)
+    if (experiment.tags or {}).get(EXPERIMENT_KIND_TAG) is None:
+        mlflow.MlflowClient(uri).set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def git_commit(repo_root: Path) -> str | None:
@@ -170,7 +159,8 @@ def run_tags(stage: str, repo_root: Path) -> dict[str, str]:
 
 
 def _reap_orphans(client, experiment_id: str) -> None:
-    """Mark FAILED the RUNNING stage runs of this host whose process has died without ending them."""
+    """Mark FAILED the RUNNING stage runs of this host whose process has died without ending them; then end the
+    parent runs of this host none of whose stages still runs (`parent_runs.reap`)."""
     host = socket.gethostname()
     running = client.search_runs(
         [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`{TAG_HOST}` = '{host}'"
@@ -182,6 +172,7 @@ def _reap_orphans(client, experiment_id: str) -> None:
             client.set_terminated(run.info.run_id, "FAILED")
             log.warning("MLflow run %s (%s) was left RUNNING by a dead process; marked FAILED", run.info.run_id,
                         run.info.run_name)  # fmt: skip
+    parent_runs.reap(client, experiment_id, TAG_HOST, host)
 
 
 def _parent_run(client, experiment_id: str, repo_root: Path) -> str | None:
@@ -194,12 +185,20 @@ def _parent_run(client, experiment_id: str, repo_root: Path) -> str | None:
     found = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_EXECUTION}` = '{key}'", max_results=1)
     if found:
         return found[0].info.run_id
-    tags = {TAG_EXECUTION: key, "realfake.kind": "pipeline"}
+    tags = {TAG_EXECUTION: key, parent_runs.KIND: parent_runs.PIPELINE}
     tags |= {k: v for k, v in run_tags("pipeline", repo_root).items() if k not in (TAG_STAGE, TAG_PROCESS)}
     name = experiment_name or f"repro {time.strftime('%Y-%m-%d %H:%M')}"
     parent = client.create_run(experiment_id, run_name=name, tags=tags)
     client.set_terminated(parent.info.run_id, "FINISHED")
+    parent_runs.describe(client, parent.info.run_id, repo_root)
     return parent.info.run_id
+
+
+def stage_run_name(stage: str, run_name: str | None = None) -> str:
+    """`<experiment>/<stage>` inside a named DVC experiment (`cpu-quick-seed42/train@fast`), else the stage's name."""
+    name = run_name or stage
+    experiment = os.environ.get("DVC_EXP_NAME")
+    return f"{experiment}/{name}" if experiment else name
 
 
 @contextmanager
@@ -218,18 +217,21 @@ def stage_run(
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(repo_root)
-    mlflow.set_tracking_uri(uri)
+    _last_end.clear()
     try:
+        stores.check(uri)
+        mlflow.set_tracking_uri(uri)
         with _store_lock(uri):
             experiment_id = _with_retries(lambda: _use_experiment(experiment, uri))
             client = MlflowClient(uri)
-            _reap_orphans(client, experiment_id)
+            _with_retries(lambda: _reap_orphans(client, experiment_id))
             parent = _with_retries(lambda: _parent_run(client, experiment_id, repo_root))
-        if parent:
-            client.update_run(parent, status="RUNNING")
+        tags = run_tags(stage, repo_root)
         run = _with_retries(
-            lambda: mlflow.start_run(run_name=run_name or stage, tags=run_tags(stage, repo_root), parent_run_id=parent)
+            lambda: mlflow.start_run(run_name=stage_run_name(stage, run_name), tags=tags, parent_run_id=parent)
         )
+        if parent:  # after the stage run exists: a RUNNING parent always has a RUNNING stage, or an orphan
+            client.update_run(parent, status="RUNNING")
     except TrackingStoreError:
         raise
     except Exception as exc:  # noqa: BLE001  SQLAlchemy, MLflow and HTTP errors alike: name the store instead
@@ -240,17 +242,36 @@ def stage_run(
         log_params(params)
         yield run
         log_metrics(resource_usage(started), prefix="stage.")
+        if parent and stage == "evaluate" and isinstance(params.get("model"), str):
+            _headline_to_parent(client, parent, repo_root, params["model"])
         status = "FINISHED"
     except (KeyboardInterrupt, process.Terminated):
         status = "KILLED"
         raise
     finally:
-        _end(run.info.run_id, parent, status, uri)
+        accepted = _end(run.info.run_id, parent, status, uri)
+        _last_end.update(run_id=run.info.run_id, status=status, accepted=accepted, uri=uri)
 
 
-def _end(run_id: str, parent: str | None, status: str, uri: str) -> None:
-    """End the stage run (and set its parent) to `status`; a store that went away is reported, not raised, so the
-    stage's own outcome stays the one the user sees. `mlflow.end_run` drops the active run before it calls the store."""
+def _headline_to_parent(client, parent: str, repo_root: Path, model: str) -> None:
+    """The evaluated model's headline metrics on the parent run; a failure there is reported, not raised."""
+    try:
+        _with_retries(lambda: parent_runs.log_headline(client, parent, repo_root, model))
+    except Exception as exc:  # noqa: BLE001  the stage's own results are written and logged already
+        log.warning("could not put %s's headline metrics on the parent run %s (%s)", model, parent,
+                    str(exc).splitlines()[0][:200])  # fmt: skip
+
+
+def last_end() -> dict[str, Any]:
+    """How the last stage run of this process ended: {run_id, status, accepted (the store took the status), uri};
+    {} when no run was opened (tracking off, or the store refused before the run started)."""
+    return dict(_last_end)
+
+
+def _end(run_id: str, parent: str | None, status: str, uri: str) -> bool:
+    """End the stage run (and set its parent) to `status`; whether the store took it. A store that went away is
+    reported, not raised, so the stage's own outcome stays the one the user sees. `mlflow.end_run` drops the active
+    run before it calls the store."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -260,15 +281,8 @@ def _end(run_id: str, parent: str | None, status: str, uri: str) -> None:
             MlflowClient(uri).set_terminated(parent, status)
     except Exception as exc:  # noqa: BLE001  the next stage that reaches the store marks the run FAILED
         log.error("could not mark MLflow run %s %s in %s (%s)", run_id, status, uri, str(exc).splitlines()[0][:200])
-
-
-def resource_usage(started: float) -> dict[str, float]:
-    """Wall time since `started` and the peak resident memory of this process and its finished children."""
-    import resource
-
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"wall_seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(max(own, children), 1)}
+        return False
+    return True
 
 
 def log_params(params: Mapping[str, Any]) -> None:

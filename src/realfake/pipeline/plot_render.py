@@ -2,8 +2,8 @@
 without network it shows nothing. This renders each plot to a PNG with vl-convert (Vega bundled, no network) and
 writes one self-contained `dvc_plots/index.html` with every picture in it.
 
-    python -m realfake.pipeline.plots                      # the workspace's plots (make plots)
-    python -m realfake.pipeline.plots HEAD fast-30min-seed42   # `dvc plots diff` of revisions or experiments
+    python -m realfake.pipeline.plot_render                      # the workspace's plots (make plots)
+    python -m realfake.pipeline.plot_render HEAD fast-30min-seed42   # `dvc plots diff` of revisions or experiments
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def render(root: Path, revisions: list[str]) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m realfake.pipeline.plots", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m realfake.pipeline.plot_render", description=__doc__.split("\n")[0])
     parser.add_argument(
         "revisions", nargs="*", help="git revisions or experiment names to compare (default: workspace)"
     )
