@@ -88,3 +88,10 @@ def test_the_closure_follows_imports_inside_functions(tmp_path):
     found = {str(p.relative_to(REPO)) for p in closure(script)}
     assert "src/realfake/evaluation/calibration.py" in found and "src/realfake/evaluation/__init__.py" in found
     assert module_file("realfake.no_such_module") is None
+
+
+def test_serving_imports_nothing_from_the_pipeline():
+    """Serving is what users install and run; the pipeline's glue (tracking, recipes) stays out of it."""
+    for path in (SRC / "realfake" / "serving").rglob("*.py"):
+        imported = _imported(path, "realfake.serving")
+        assert not [n for n in imported if n.startswith("realfake.pipeline")], f"{path.name} imports the pipeline"
