@@ -150,3 +150,6 @@ def load_split(paths: ProjectPaths, name: str, *, image_size: int):
     from realfake.data.prepare import load_split as load
 
     return load(paths.prepared_split(name), image_size=image_size)
+
+
+quiet_tensorflow()  # at import: stage scripts import this module before the library code that imports TensorFlow
