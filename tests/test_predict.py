@@ -485,14 +485,15 @@ def test_default_model_is_the_best_binary_one_on_validation_accuracy(models, ima
     assert "downscaled 2x and back: 0.812" in err
 
 
-def test_default_threshold_comes_from_params_yaml(models, images, capsys, tmp_path):
+def test_predict_never_reads_the_repositorys_params_yaml(models, images, capsys, tmp_path):
+    """The threshold belongs to the model, not to the pipeline's params: a params.yaml that would call everything
+    fake (threshold 0), or one that is not even valid, changes nothing."""
     fake_repo(tmp_path, {"sigmoid": models["sigmoid"]}, {"sigmoid": 0.7})
-    (tmp_path / "params.yaml").write_text(
-        "evaluate: {batch_size: 8, threshold: 0.0, n_bootstrap: 10, confidence: 0.95, roc_max_points: 10, "
-        "calibration_bins: 10, ood_photo_crops: 10}\n"
-    )
-    code, out, _ = run_cli(capsys, images["good"], "--format", "json", "--repo", tmp_path)
-    assert code == 0 and {r["label"] for r in json.loads(out)} == {"fake"}  # P(fake) >= 0 always
+    code, clean, _ = run_cli(capsys, images["good"], "--format", "json", "--repo", tmp_path)
+    (tmp_path / "params.yaml").write_text("evaluate: {threshold: 0.0}\n: not yaml [\n")
+    code_again, out, _ = run_cli(capsys, images["good"], "--format", "json", "--repo", tmp_path)
+    assert code == code_again == 0 and json.loads(out) == json.loads(clean)
+    assert all(r["label"] == ("fake" if r["p_fake"] >= 0.5 else "real") for r in json.loads(out))
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 files and folders; `realfake explain IMAGE` shows where a model looked (Grad-CAM).
 
 Exit status: 0 every image was classified; 1 some files were skipped (listed on stderr as "path: reason") but
-others were classified; 2 usage error, no readable image, or a model that cannot be found or loaded.
+others were classified; 2 usage error, no readable image, or a model that cannot be found or loaded; 3 the results
+could not be written (the reader of a pipe went away, a full disk, a closed stdout); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -16,13 +17,29 @@ from pathlib import Path
 
 from realfake.errors import ParamsError, RealfakeError
 
-# Only when there is no params.yaml to take evaluate.threshold from (a model used outside the repo): for
-# calibrated probabilities 0.5 is the decision point that minimises errors.
+# When the model stores no threshold of its own: for calibrated probabilities 0.5 is the point that minimises errors.
 FALLBACK_THRESHOLD = 0.5
 # Likewise for explain.min_feature_size: at 32x32 input, 4 px is the smallest map that still localises anything.
 FALLBACK_MIN_FEATURE_SIZE = 4
 
-EXIT_OK, EXIT_SKIPPED, EXIT_FAILED = 0, 1, 2
+EXIT_OK, EXIT_SKIPPED, EXIT_FAILED, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class OutputError(Exception):
+    """The results could not be written to stdout."""
+
+
+def _emit(text: str) -> None:
+    """Write results to stdout, flushed now, so that a closed pipe or a full disk is found here, not at exit."""
+    if sys.stdout is None:  # started with stdout closed (`>&-`)
+        raise OutputError("stdout is closed")
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise OutputError("the reader of stdout went away") from None
+    except OSError as exc:
+        raise OutputError(f"cannot write to stdout: {exc.strerror or exc}") from None
 
 
 def _say(message: str) -> None:
@@ -88,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     decision.add_argument(
         "--threshold",
         type=_fraction,
-        help="P(fake) at or above which an image is called fake (default: evaluate.threshold in the "
-        f"repo's params.yaml, {FALLBACK_THRESHOLD} without one)",
+        help="P(fake) at or above which an image is called fake (default: the threshold stored with the model, "
+        f"else {FALLBACK_THRESHOLD}, the error-minimising point of its calibrated probability)",
     )
     decision.add_argument(
         "--max-fpr",
@@ -127,8 +144,12 @@ def repo_setting(root: Path, section: str, key: str, *, fallback, hint: str):
         raise ParamsError(f"{exc} (reading {section}.{key}; {hint})") from None
 
 
-def default_threshold(root: Path) -> float:
-    return repo_setting(root, "evaluate", "threshold", fallback=FALLBACK_THRESHOLD, hint="pass --threshold, or --repo")
+def default_threshold(loaded) -> float:
+    """The model's own decision threshold when its sidecar stores one, else 0.5: a calibrated P(fake)'s
+    error-minimising point, the threshold the evaluate stage reports at. Never read from a params.yaml, which
+    describes the pipeline, not the model in hand."""
+    stored = getattr(loaded.info, "threshold", None) if loaded.info else None
+    return FALLBACK_THRESHOLD if stored is None else float(stored)
 
 
 def _version() -> str:
@@ -156,13 +177,13 @@ def _quiet_tensorflow() -> None:
 
 
 def choose_threshold(args: argparse.Namespace, loaded, root: Path) -> float:
-    """--threshold, else the stored operating point --max-fpr names, else the repo's evaluate.threshold (or 0.5)."""
+    """--threshold, else the stored operating point --max-fpr names, else the model's default (`default_threshold`)."""
     from realfake.evaluation.thresholds import point_name
 
     if args.threshold is not None:
         return args.threshold
     if args.max_fpr is None:
-        return default_threshold(root)
+        return default_threshold(loaded)
     points = loaded.info.operating_points if loaded.info else {}
     wanted = point_name(args.max_fpr)
     if wanted not in points:
@@ -202,7 +223,7 @@ def run_predict(args: argparse.Namespace) -> int:
         _say("realfake: no readable image among the given files")
         return EXIT_FAILED
     _warn_about(predictions, loaded)
-    sys.stdout.write(predict.FORMATTERS[args.format](predictions))
+    _emit(predict.FORMATTERS[args.format](predictions))
     return EXIT_SKIPPED if problems or skipped else EXIT_OK
 
 
@@ -225,10 +246,10 @@ def _warn_about(predictions, loaded) -> None:
 
 def _store_uri(root: Path) -> str | None:
     """The MLflow store to read models:/ URIs from: MLFLOW_TRACKING_URI, else the repo's mlflow.db when there is one."""
-    from realfake.pipeline.tracking import tracking_uri
-
-    if os.environ.get("MLFLOW_TRACKING_URI") or (root / "mlflow.db").is_file():
-        return tracking_uri(root)
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if (root / "mlflow.db").is_file():
+        return f"sqlite:///{(root / 'mlflow.db').resolve()}"
     return None
 
 
@@ -271,7 +292,7 @@ def run_explain(args: argparse.Namespace) -> int:
     names = predict.class_names(loaded.model)
     said = explain.caption(result.probabilities[0], names, digits=4)
     called = names[int(result.class_index[0])]
-    sys.stdout.write(f"{output}\t{called}\t{said}\t{loaded.name}\tlayer {result.layer}\n")
+    _emit(f"{output}\t{called}\t{said}\t{loaded.name}\tlayer {result.layer}\n")
     return EXIT_OK
 
 
@@ -293,6 +314,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RealfakeError as exc:
         _say(f"realfake: {exc}")
         return EXIT_FAILED
+    except OutputError as exc:
+        _quiet_stdout()
+        _say(f"realfake: results not written: {exc}")
+        return EXIT_OUTPUT
+    except KeyboardInterrupt:
+        _say("realfake: interrupted")
+        return EXIT_INTERRUPTED
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush of a broken stdout raises nothing."""
+    with open(os.devnull, "w") as devnull:
+        try:
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+        except (AttributeError, OSError, ValueError):  # no stdout at all
+            pass
 
 
 if __name__ == "__main__":

@@ -408,6 +408,11 @@ def classify(
 COLUMNS = ("path", "p_fake", "label", "model", "resampled", "ood", "ood_score")
 
 
+def printable(text: str) -> str:
+    """`text` with control characters (a newline in a file name) written as escapes, so a row stays one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _flag(value: bool | None) -> str:
     return "" if value is None else ("yes" if value else "no")
 
@@ -417,7 +422,7 @@ def format_table(predictions: Sequence[Prediction]) -> str:
     rows = [("path", "P(fake)", "label", "model", "resampled", "out of distribution")]
     rows += [
         (
-            p.path,
+            printable(p.path),
             f"{p.p_fake:.4f}",
             p.label,
             p.model,
