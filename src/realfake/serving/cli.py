@@ -278,9 +278,9 @@ def run_explain(args: argparse.Namespace) -> int:
     from realfake.serving import predict
 
     root = args.repo.resolve() if args.repo else predict.find_repo_root(Path.cwd())
-    threshold = default_threshold(root)
     min_size = repo_setting(root, "explain", "min_feature_size", fallback=FALLBACK_MIN_FEATURE_SIZE, hint="pass --repo")
     loaded = _load_model(args, root)
+    threshold = default_threshold(loaded)
     try:
         pixels, _ = predict.load_image(args.image, size=predict.input_size(loaded.model), max_pixels=predict.MAX_PIXELS)
     except predict.UnreadableImageError as exc:
