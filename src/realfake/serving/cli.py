@@ -9,6 +9,7 @@ could not be written (the reader of a pipe went away, a full disk, a closed stdo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -325,11 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _quiet_stdout() -> None:
     """Point stdout at /dev/null, so that the interpreter's final flush of a broken stdout raises nothing."""
-    with open(os.devnull, "w") as devnull:
-        try:
-            os.dup2(devnull.fileno(), sys.stdout.fileno())
-        except (AttributeError, OSError, ValueError):  # no stdout at all
-            pass
+    # AttributeError, ValueError: there is no stdout at all
+    with open(os.devnull, "w") as devnull, contextlib.suppress(AttributeError, OSError, ValueError):
+        os.dup2(devnull.fileno(), sys.stdout.fileno())
 
 
 if __name__ == "__main__":
