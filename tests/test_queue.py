@@ -46,6 +46,16 @@ def wait_for_queue(work: Path, env: dict) -> dict[str, str]:
     pytest.fail(f"queue not finished after {QUEUE_TIMEOUT_S}s: {status}")
 
 
+def assert_all_succeeded(work: Path, env: dict, status: dict[str, str]) -> None:
+    """Fail with the tail of each failed experiment's log, so a CI failure says why."""
+    failed = [name for name, state in status.items() if state != "Success"]
+    if failed:
+        logs = {name: dvc("queue", "logs", name, cwd=work, env=env).stdout[-4000:] for name in failed}
+        pytest.fail(
+            f"queued experiments did not all succeed: {status}\n" + "\n".join(f"--- {n}\n{t}" for n, t in logs.items())
+        )
+
+
 def shown_experiments(work: Path, env: dict) -> dict[str, dict]:
     """Our experiments as `dvc exp show --json` lists them under the committed baseline."""
     baselines = json.loads(dvc("exp", "show", "--json", cwd=work, env=env).stdout)
@@ -101,9 +111,7 @@ def test_two_queued_experiments_both_log_to_mlflow(queue_repo):
     dvc("queue", "start", "-j", "2", cwd=work, env=env)
 
     status = wait_for_queue(work, env)
-    if set(status.values()) != {"Success"}:
-        logs = {name: dvc("queue", "logs", name, cwd=work, env=env).stdout[-3000:] for name in status}
-        pytest.fail(f"queued experiments did not all succeed: {status}\n{logs}")
+    assert_all_succeeded(work, env, status)
     for name, exp in shown_experiments(work, env).items():
         assert exp["executor"]["state"] == "success", name
         data = exp["revs"][0]["data"]

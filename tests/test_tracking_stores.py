@@ -119,3 +119,27 @@ def test_a_closed_port_fails_at_once_and_mlflow_gets_short_waits(tmp_path, monke
         open_stage(tmp_path)
     assert time.monotonic() - started < 5
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "10" and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
+
+
+def test_an_experiment_created_by_a_parallel_stage_meanwhile_is_used(tmp_path, monkeypatch):
+    """On a server, set_experiment creates the experiment; two queued experiments starting at once race for it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    real_set_experiment = mlflow.set_experiment
+    calls = []
+
+    def lose_the_race_once(name):
+        calls.append(name)
+        if len(calls) == 1:
+            real_set_experiment(name)  # the other stage creates it ...
+            raise MlflowException(f"Experiment '{name}' already exists.", error_code="RESOURCE_ALREADY_EXISTS")
+        return real_set_experiment(name)
+
+    monkeypatch.setattr(tracking, "artifact_root", lambda _uri: None)  # the server path: set_experiment creates
+    monkeypatch.setattr(mlflow, "set_experiment", lose_the_race_once)
+    experiment_id = tracking._use_experiment("raced", uri)
+    assert calls == ["raced", "raced"]
+    assert mlflow.get_experiment(experiment_id).name == "raced"

@@ -117,6 +117,10 @@ def _with_retries(action, *, attempts: int = 5, delay_s: float = 1.0):
     return None
 
 
+def _already_exists(exc: Exception) -> bool:
+    return "already exists" in str(exc).lower() or "RESOURCE_ALREADY_EXISTS" in str(getattr(exc, "error_code", ""))
+
+
 def _use_experiment(name: str, uri: str) -> str:
     """Select the experiment, creating it with its artifact folder beside a sqlite store; return its id."""
     import mlflow
@@ -126,9 +130,14 @@ def _use_experiment(name: str, uri: str) -> str:
         try:
             mlflow.create_experiment(name, artifact_location=location.resolve().as_uri())
         except Exception as exc:  # a parallel queued experiment may have created it a moment ago
-            if "already exists" not in str(exc).lower():
+            if not _already_exists(exc):
                 raise
-    experiment = mlflow.set_experiment(name)
+    try:
+        experiment = mlflow.set_experiment(name)
+    except Exception as exc:  # on a server, set_experiment creates it: a parallel experiment may have won the race
+        if not _already_exists(exc):
+            raise
+        experiment = mlflow.set_experiment(name)
     if (experiment.tags or {}).get(EXPERIMENT_KIND_TAG) is None:
         mlflow.MlflowClient(uri).set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
