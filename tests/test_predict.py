@@ -15,9 +15,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from realfake.models.detector import DetectorInfo, info_path, save_info
+from realfake.models.onnx_export import export_onnx
+from realfake.serving import models as serving_models
 from realfake.serving import predict
 from realfake.serving.cli import main
 
@@ -98,6 +100,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
     files["colour"] = folder / "colour.keras"
     colour_model().save(files["colour"])
     save_info(info_path(files["colour"]), colour_detector())
+    for name in ("sigmoid", "softmax", "three", "colour"):  # their ONNX exports (colour.onnx finds its extras too)
+        files[f"{name}_onnx"] = folder / f"{name}.onnx"
+        export_onnx(files[name], files[f"{name}_onnx"])
     return files
 
 
@@ -498,16 +503,18 @@ def test_predict_never_reads_the_repositorys_params_yaml(models, images, capsys,
 
 @pytest.fixture
 def shipped(models, tmp_path, monkeypatch) -> Path:
-    """The colour model (with its detector file) and a card, standing in for the detector realfake ships."""
+    """The colour model's ONNX export (with its detector file) and a card, standing in for the shipped detector."""
     folder = tmp_path / "shipped"
     folder.mkdir()
-    model = folder / "fast.keras"
-    model.write_bytes(models["colour"].read_bytes())
-    info_path(model).write_bytes(info_path(models["colour"]).read_bytes())
+    model = folder / "fast.onnx"
+    model.write_bytes(models["colour_onnx"].read_bytes())
+    (folder / "fast.keras").write_bytes(models["colour"].read_bytes())
+    info_path(folder / "fast.keras").write_bytes(info_path(models["colour"]).read_bytes())
     card = folder / "card.json"
-    card.write_text(json.dumps({"robustness": {"none": 0.97, "downscale_2": 0.875}}))
-    monkeypatch.setattr(predict, "SHIPPED_MODEL", model)
-    monkeypatch.setattr(predict, "SHIPPED_CARD", card)
+    card.write_text(json.dumps({"robustness": {"none": 0.97, "downscale_2": 0.875}, "test": {"threshold": 0.5}}))
+    monkeypatch.setattr(serving_models, "SHIPPED_MODEL", model)
+    monkeypatch.setattr(serving_models, "SHIPPED_KERAS", folder / "fast.keras")
+    monkeypatch.setattr(serving_models, "SHIPPED_CARD", card)
     return model
 
 
@@ -671,3 +678,165 @@ def test_console_script(models, images):
     assert result.returncode == 1, result.stderr
     assert len(list(csv.DictReader(io.StringIO(result.stdout)))) == len(GOOD)
     assert f"{images['text']}: not an image format" in result.stderr
+
+
+# ---- the ONNX path: same numbers as Keras, no TensorFlow, bounded memory -------------------------------------
+
+
+def json_rows(capsys, *args) -> list[dict]:
+    code, out, err = run_cli(capsys, *args, "--format", "json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "softmax", "three", "colour"])
+def test_an_onnx_model_gives_the_keras_models_numbers(models, images, capsys, name):
+    paths = [images[n] for n in GOOD] + [images["green"], images["white"], images["green64"]]
+    for extra in ([], ["--max-fpr", "0.01"], ["--max-fpr", "0.05"]) if name == "colour" else ([],):
+        via_keras = json_rows(capsys, *paths, "--model", models[name], *extra)
+        via_onnx = json_rows(capsys, *paths, "--model", models[f"{name}_onnx"], *extra)
+        for k, o in zip(via_keras, via_onnx, strict=True):
+            assert abs(k["p_fake"] - o["p_fake"]) <= 1e-5
+            assert (k["path"], k["label"], k["model"], k["resampled"], k["ood"]) == (
+                o["path"], o["label"], o["model"], o["resampled"], o["ood"])  # fmt: skip
+            if k["ood_score"] is not None:
+                assert o["ood_score"] == pytest.approx(k["ood_score"], rel=1e-4, abs=1e-4)
+
+
+NO_HEAVY_IMPORTS = """
+import json, sys
+from realfake.serving.cli import main
+code = main(sys.argv[1:])
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"tensorflow", "keras", "mlflow", "jax", "torch"})
+print(json.dumps({"code": code, "heavy": heavy}), file=sys.stderr)
+"""
+
+
+def run_without_heavy_imports(*args, cwd: Path) -> dict:
+    result = subprocess.run([sys.executable, "-c", NO_HEAVY_IMPORTS, "predict", *map(str, args)], cwd=cwd,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    report = json.loads(result.stderr.strip().splitlines()[-1])
+    return {**report, "stdout": result.stdout, "stderr": result.stderr}
+
+
+def test_predict_on_onnx_imports_neither_tensorflow_keras_nor_mlflow(models, images, shipped, tmp_path):
+    given = run_without_heavy_imports(images["good"], "--model", models["colour_onnx"], "--format", "json",
+                                      cwd=tmp_path)  # fmt: skip
+    assert given["code"] == 0 and given["heavy"] == [], given["stderr"]
+    assert len(json.loads(given["stdout"])) == len(GOOD)
+    # The default outside a repository: the real shipped detector (fast.onnx; the fixture's patch is in-process only).
+    default = run_without_heavy_imports(images["cifake.jpg"], "--max-fpr", "0.01", cwd=tmp_path)
+    assert default["code"] == 0 and default["heavy"] == [], default["stderr"]
+    assert "fast.onnx" in default["stderr"] and "shipped:fast" in default["stdout"]
+
+
+def test_a_pipeline_model_runs_from_its_current_onnx_export_else_through_keras(models, images, tmp_path):
+    repo = tmp_path / "repo"
+    fake_repo(repo, {"colour": models["colour"]}, {"colour": 0.9})
+    info_path(repo / "models" / "colour.keras").write_bytes(info_path(models["colour"]).read_bytes())
+    (repo / "models" / "colour.onnx").write_bytes(models["colour_onnx"].read_bytes())
+    current = run_without_heavy_imports(images["green"], images["white"], "--repo", repo, "--format", "json",
+                                        cwd=tmp_path)  # fmt: skip
+    assert current["code"] == 0 and current["heavy"] == [], current["stderr"]
+    assert f"({repo / 'models' / 'colour.onnx'}, validation accuracy 0.9000" in current["stderr"]
+    assert [r["ood"] for r in json.loads(current["stdout"])] == [False, True]
+    (repo / "models" / "colour.onnx").write_bytes(models["sigmoid_onnx"].read_bytes())  # another model's export
+    stale = run_without_heavy_imports(images["green"], "--repo", repo, "--format", "json", cwd=tmp_path)
+    assert stale["code"] == 0 and "keras" in stale["heavy"]
+    assert "exported from another version of colour.keras" in stale["stderr"]
+    assert json.loads(stale["stdout"])[0]["p_fake"] == pytest.approx(p_colour(GREEN), abs=1e-5)
+
+
+def peak_rss_mb(*args, cwd: Path) -> float:
+    """Peak resident memory of `realfake predict ARGS` in a child process (its own VmHWM, in MB: getrusage's
+    ru_maxrss would include the RSS of the forking parent, which Linux carries across exec)."""
+    code = (
+        "import sys\nfrom realfake.serving.cli import main\nrc = main(sys.argv[1:])\n"
+        "status = open('/proc/self/status').read()\n"
+        "print(int(status.split('VmHWM:')[1].split()[0]) / 1024, file=sys.stderr)\nsys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, "predict", *map(str, args)], cwd=cwd, capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return float(result.stderr.strip().splitlines()[-1])
+
+
+def test_peak_memory_does_not_grow_with_the_number_of_files(models, tmp_path):
+    rng = np.random.default_rng(1)
+    small, large = tmp_path / "small", tmp_path / "large"
+    for folder, count in ((small, 64), (large, 1600)):
+        folder.mkdir()
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:05}.jpg")
+    few = peak_rss_mb(small, "--model", models["colour_onnx"], "--batch-size", "64", "--format", "csv", cwd=tmp_path)
+    many = peak_rss_mb(large, "--model", models["colour_onnx"], "--batch-size", "64", "--format", "csv", cwd=tmp_path)
+    assert many - few < 15, f"peak RSS {few:.0f} MB for 64 files, {many:.0f} MB for 1,600"
+
+
+def test_a_large_photo_is_reduced_while_decoding_and_still_looks_the_same(tmp_path):
+    gradient = np.zeros((2400, 3200, 3), np.uint8)
+    gradient[..., 0] = np.linspace(0, 255, 3200, dtype=np.uint8)[None, :]
+    gradient[..., 1] = np.linspace(0, 255, 2400, dtype=np.uint8)[:, None]
+    gradient[..., 2] = 90
+    full = Image.fromarray(gradient)
+    full.save(tmp_path / "big.jpg", quality=90)
+    full.save(tmp_path / "big.png")
+    reference = np.asarray(ImageOps.fit(full, SIZE, method=Image.Resampling.LANCZOS), dtype=int)
+    for name in ("big.jpg", "big.png"):
+        pixels, resampled = predict.load_image(tmp_path / name, size=SIZE, max_pixels=predict.MAX_PIXELS)
+        assert resampled and pixels.shape == (32, 32, 3)
+        assert np.abs(pixels.astype(int) - reference).mean() < 2.0, name  # the same picture, to a level or two
+
+
+def test_ctrl_c_in_the_middle_of_a_folder_exits_130_with_one_line(models, tmp_path):
+    import signal
+    import time
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(3000):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i:05}.png")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "realfake.serving.cli", "predict", str(folder), "--model", str(models["colour_onnx"]),
+         "--batch-size", "1", "--format", "json"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    process.stdout.readline()  # results are coming: it is in the middle of the folder (and nobody reads on)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
+    assert "Traceback" not in err and lines[-1] == "realfake: interrupted"
+    assert sum(line.startswith("realfake:") for line in lines) == 1  # that one line (--model: no "using ..." line)
+
+
+def test_a_newline_in_a_file_name_stays_on_its_line_of_the_table(models, images, tmp_path, capsys):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    (folder / "two\nlines.png").write_bytes(images["green"].read_bytes())
+    (folder / "bell\x07.png").write_bytes(images["white"].read_bytes())
+    code, out, _ = run_cli(capsys, folder, "--model", models["colour_onnx"])
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert len(rows) == 2 and {row.split()[0] for row in rows} == {
+        f"{folder}/two\\nlines.png",
+        f"{folder}/bell\\x07.png",
+    }
+    rows = json_rows(capsys, folder, "--model", models["colour_onnx"])
+    assert {r["path"] for r in rows} == {f"{folder}/two\nlines.png", f"{folder}/bell\x07.png"}  # JSON escapes itself
+
+
+def test_serving_imports_nothing_from_the_pipeline_and_explain_says_it_needs_tensorflow(capsys):
+    import ast
+
+    serving = Path(predict.__file__).parent
+    for source in serving.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            assert not [n for n in names if n.startswith("realfake.pipeline")], f"{source.name} imports {names}"
+    assert main(["explain", "--help"]) == 0
+    assert "TensorFlow" in " ".join(capsys.readouterr().out.split())

@@ -293,3 +293,24 @@ def test_evaluate_gives_the_version_full_tags_and_logged_model_metrics_on_the_te
     assert metrics["test_accuracy"].dataset_digest == version.tags[model_registry.DATA_FINGERPRINT]
     inputs = client.get_run(evaluate.info.run_id).inputs.dataset_inputs
     assert [i.dataset.name for i in inputs] == ["cifake-test"]
+
+
+def test_an_onnx_export_registers_with_the_onnx_flavour_and_serves_without_tensorflow(tmp_path, mlflow_uri):
+    from realfake.models.onnx_export import export_onnx, keras_outputs
+
+    model, path = saved_model(tmp_path / "models", "tiny", seed=0)
+    onnx_file = path.with_suffix(".onnx")
+    export_onnx(path, onnx_file)
+    with tracking.stage_run("export", repo_root=tmp_path, experiment="registry-test", params={"model": "tiny"}):
+        info = model_registry.log_registered_onnx(onnx_file, registered_name=f"{NAME}-onnx",
+                                                  extra_artifacts={"detector": info_path(path)})  # fmt: skip
+    version = MlflowClient(mlflow_uri).get_model_version(f"{NAME}-onnx", str(info.registered_model_version))
+    assert version.tags["model_sha256"] == model_registry.file_sha256(onnx_file)
+    assert version.tags["source_sha256"] == model_registry.file_sha256(path)
+    loaded = mlflow.pyfunc.load_model(f"models:/{NAME}-onnx/{version.version}")
+    assert "onnx" in loaded.metadata.flavors
+    images = np.random.default_rng(0).integers(0, 256, (5, *IMAGE_SHAPE), dtype=np.uint8)
+    got = loaded.predict({"images": images.astype(np.float32)})
+    want = keras_outputs(model, images)
+    np.testing.assert_allclose(got["p_fake"], want["p_fake"], atol=1e-5)
+    assert got["features"].shape == want["features"].shape

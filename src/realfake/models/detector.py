@@ -2,7 +2,8 @@
 `Calibration` layer), thresholds for chosen false-positive rates, and out-of-distribution statistics.
 
 The extras live beside the model in `<name>.detector.npz` (arrays, plus one JSON string `info`), so that
-`realfake predict` can flag images far from the training data and pick a threshold by false-positive rate.
+`realfake predict` can flag images far from the training data and pick a threshold by false-positive rate. This
+module imports Keras only inside `with_calibration`: predict and serve read the extras without TensorFlow.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 
 from realfake.errors import DataError
 from realfake.fileio import atomic_path
-from realfake.models.layers import Calibration
+
+if TYPE_CHECKING:
+    import keras
 
 FORMAT = 1
 
@@ -34,13 +36,17 @@ class DetectorInfo:
 
 
 def info_path(model_path: Path) -> Path:
-    """models/fast.keras -> models/fast.detector.npz."""
+    """models/fast.keras, or its ONNX export models/fast.onnx -> models/fast.detector.npz."""
     model_path = Path(model_path)
-    return model_path.with_name(model_path.name.removesuffix(".keras") + ".detector.npz")
+    return model_path.with_name(model_path.name.removesuffix(".keras").removesuffix(".onnx") + ".detector.npz")
 
 
 def with_calibration(model: keras.Model, temperature: float) -> keras.Model:
     """`model` with a `Calibration(temperature)` layer after its output (same layers, same weights, same name)."""
+    import keras
+
+    from realfake.models.layers import Calibration
+
     outputs = Calibration(temperature, name="calibration")(model.outputs[0])
     return keras.Model(model.inputs[0], outputs, name=model.name)
 

@@ -36,6 +36,9 @@ SELECTED = "selected."  # metric prefix of the selected (best validation) epoch'
 
 # What the registered pyfunc imports when it is served (realfake's own code travels inside the model).
 SERVING_PACKAGES = ("tensorflow", "keras", "mlflow", "numpy", "pandas", "pillow", "scikit-learn", "ruamel.yaml")
+# What MLflow's onnx flavour needs to serve an export (`mlflow models serve` on ONNX Runtime, no TensorFlow).
+ONNX_SERVING_PACKAGES = ("onnx", "onnxruntime", "mlflow", "numpy", "pandas")
+ONNX_SUFFIX = "-onnx"  # registered name of a model's ONNX export: realfake-<name>-onnx
 
 
 def file_sha256(path: Path) -> str:
@@ -155,6 +158,54 @@ def log_registered_model(
         _with_retries(lambda k=key, v=value: client.set_model_version_tag(registered_name, number, k, v))
     if selection_metric is not None:
         _crown_if_best(client, registered_name, number, float(values[selection_metric]), selection_metric, tags)
+    return info
+
+
+def onnx_signature(image_shape: tuple[int, int, int], classes: int, features: int):
+    """float32 pixel values 0..255 (-1, height, width, 3) as `images` in; the export's three outputs out."""
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    f32 = np.dtype(np.float32)
+    outputs = [("probabilities", (-1, classes)), ("p_fake", (-1,)), ("features", (-1, features))]
+    return ModelSignature(
+        inputs=Schema([TensorSpec(f32, (-1, *image_shape), name="images")]),
+        outputs=Schema([TensorSpec(f32, shape, name=name) for name, shape in outputs]),
+    )
+
+
+def log_registered_onnx(onnx_file: Path, *, registered_name: str, extra_artifacts: Mapping[str, Path] | None = None):
+    """Log the ONNX export `onnx_file` (models.onnx_export) to the active run with MLflow's onnx flavour and register
+    it as `registered_name` (realfake-<name>-onnx), so that `mlflow models serve -m models:/NAME/N` answers on ONNX
+    Runtime. The version is tagged with the file's sha256 and the sha256 of the .keras file it was exported from.
+    Returns MLflow's ModelInfo, or None with tracking off."""
+    if not enabled():
+        return None
+    from importlib.metadata import version
+
+    import mlflow
+    import mlflow.onnx
+    import onnx
+    from mlflow.tracking import MlflowClient
+
+    model = onnx.load(str(onnx_file))
+    meta = {prop.key: prop.value for prop in model.metadata_props}
+    width, height = json.loads(meta["realfake.input_size"])
+    dims = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    signature = onnx_signature((height, width, 3), dims["probabilities"][-1], dims["features"][-1])
+    info = _with_retries(
+        lambda: mlflow.onnx.log_model(
+            model, name="model", signature=signature, registered_model_name=registered_name,
+            pip_requirements=[f"{name}=={version(name)}" for name in ONNX_SERVING_PACKAGES],
+            extra_files=[str(p) for p in (extra_artifacts or {}).values()] or None, save_as_external_data=False,
+        )
+    )  # fmt: skip
+    client, number = MlflowClient(), str(info.registered_model_version)
+    tags = {"model_sha256": file_sha256(onnx_file), "source_sha256": meta.get("realfake.source_sha256", ""),
+            "run_id": mlflow.active_run().info.run_id}  # fmt: skip
+    for key, value in tags.items():
+        _with_retries(lambda k=key, v=value: client.set_model_version_tag(registered_name, number, k, v))
     return info
 
 

@@ -26,16 +26,21 @@ def shipped_model(target: Path) -> str | None:
         return None
 
 
-def _export_onnx(keras_path: Path, onnx_path: Path) -> Path | None:
-    """`<model>.onnx` beside the shipped model, when realfake.models.onnx_export provides export_onnx; else None."""
-    try:
-        from realfake.models.onnx_export import export_onnx
-    except ImportError:
-        log.warning("no %s written: realfake.models.onnx_export.export_onnx is not available", onnx_path.name)
-        return None
-    with atomic_path(onnx_path) as tmp:
-        export_onnx(keras_path, tmp)
-    return onnx_path
+MAX_FILE_BYTES = 2 * 1024 * 1024  # each shipped file: the package stays small enough to install anywhere
+
+
+def _check_size(path: Path) -> None:
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise RealfakeError(f"{path}: {path.stat().st_size:,} bytes, over the {MAX_FILE_BYTES:,} a shipped file may "
+                            "take; ship a smaller model")  # fmt: skip
+
+
+def _export_onnx(keras_path: Path, onnx_path: Path) -> None:
+    """`<model>.onnx` beside the shipped `.keras` (models.onnx_export, written atomically), at most MAX_FILE_BYTES."""
+    from realfake.models.onnx_export import export_onnx
+
+    export_onnx(keras_path, onnx_path)
+    _check_size(onnx_path)
 
 
 def ship(root: Path, recipe: Recipe, *, model: str, seed: int, force: bool = False) -> Path:
@@ -65,6 +70,7 @@ def ship(root: Path, recipe: Recipe, *, model: str, seed: int, force: bool = Fal
                                 f"`dvc pull` or rerun `{recipe.command((seed,))}`")  # fmt: skip
         with atomic_path(target / f"{model}{suffix}") as tmp:
             shutil.copyfile(cached, tmp)
+        _check_size(target / f"{model}{suffix}")
     if current not in (None, model):  # forced: the other model's files go with its card
         for old in target.glob(f"{current}.*"):
             old.unlink()
@@ -86,8 +92,6 @@ def ship(root: Path, recipe: Recipe, *, model: str, seed: int, force: bool = Fal
         "robustness": row[model]["robustness"],
         "robust_accuracy": row[model]["robust_accuracy"],
     }
-    if not (target / f"{model}.onnx").is_file():
-        del card["files"]["onnx"]
     with atomic_path(target / "card.json") as tmp:
         tmp.write_text(json.dumps(card, indent=1) + "\n")
     with atomic_path(target / "MODEL_CARD.md") as tmp:

@@ -1,9 +1,10 @@
 """The `realfake` command tells real photos from AI-generated images: `realfake predict PATH...` classifies image
-files and folders; `realfake explain IMAGE` shows where a model looked (Grad-CAM).
+files and folders; `realfake serve` answers the same over HTTP; `realfake explain IMAGE` shows where a model looked
+(Grad-CAM).
 
 Exit status: 0 every image was classified; 1 some files were skipped (listed on stderr as "path: reason") but
 others were classified; 2 usage error, no readable image, or a model that cannot be found or loaded; 3 the results
-could not be written (the reader of a pipe went away, a full disk, a closed stdout); 130 interrupted (Ctrl-C).
+could not be written (standard output closed, a pipe whose reader went away, a full disk); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -18,34 +19,22 @@ from pathlib import Path
 
 from realfake.errors import ParamsError, RealfakeError
 
-# When the model stores no threshold of its own: for calibrated probabilities 0.5 is the point that minimises errors.
-FALLBACK_THRESHOLD = 0.5
-# Likewise for explain.min_feature_size: at 32x32 input, 4 px is the smallest map that still localises anything.
-FALLBACK_MIN_FEATURE_SIZE = 4
-
 EXIT_OK, EXIT_SKIPPED, EXIT_FAILED, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_WORDS = (
+    "exit status: 0 every image classified; 1 some files skipped, others classified; 2 usage error, no readable "
+    "image, or a model that cannot be found or loaded; 3 the results could not be written (stdout closed, a broken "
+    "pipe, a full disk); 130 interrupted"
+)
 
 
 class OutputError(Exception):
-    """The results could not be written to stdout."""
-
-
-def _emit(text: str) -> None:
-    """Write results to stdout, flushed now, so that a closed pipe or a full disk is found here, not at exit."""
-    if sys.stdout is None:  # started with stdout closed (`>&-`)
-        raise OutputError("stdout is closed")
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        raise OutputError("the reader of stdout went away") from None
-    except OSError as exc:
-        raise OutputError(f"cannot write to stdout: {exc.strerror or exc}") from None
+    """The results could not be written to stdout (the reader of a pipe went away, a full disk, a closed stdout)."""
 
 
 def _say(message: str) -> None:
     """A line for the user on stderr: stdout carries only the results, so they can be piped."""
-    print(message, file=sys.stderr)
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        print(message, file=sys.stderr, flush=True)
 
 
 def _positive_int(text: str) -> int:
@@ -74,10 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="classify image files or folders as real or fake",
         description="Classify images as real or AI-generated. Images are converted to RGB (transparency over "
-        "white), centre-cropped to square and resized to the model's 32x32 with LANCZOS; 32x32 images are used "
-        "as decoded. Unreadable files are listed on stderr and skipped.",
-        epilog="exit status: 0 every image classified; 1 some files skipped, others classified; 2 usage error, "
-        "no readable image, or a model that cannot be found or loaded",
+        "white), centre-cropped to square and resized to the model's 32x32 with LANCZOS (a large image is first "
+        "reduced while decoding); 32x32 images are used as decoded. A resized image is out of the detector's "
+        "distribution and flagged so. Unreadable files are listed on stderr and skipped. Results are written "
+        "batch by batch as they come.",
+        epilog=EXIT_WORDS,
     )
     predict.add_argument(
         "paths",
@@ -86,28 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="image files, or folders searched recursively for jpg/jpeg/png/webp/bmp/gif/tif/tiff",
     )
-    predict.add_argument(
-        "--model",
-        help="a .keras file or an MLflow URI (models:/NAME/VERSION, models:/NAME@champion, runs:/RUN_ID/PATH); "
-        "default: the binary model of the repo's last pipeline run with the highest validation accuracy, else the "
-        "detector shipped with realfake",
-    )
-    predict.add_argument(
-        "--repo", type=Path, help="the pipeline repo (default: the nearest folder at or above this one with dvc.yaml)"
-    )
+    add_model_options(predict)
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output (default: table)")
     predict.add_argument(
         "--batch-size",
         type=_positive_int,
         default=256,
-        help="images decoded and scored at a time (default: %(default)s)",
+        help="images decoded and scored at a time; memory is bounded by it (default: %(default)s)",
     )
     decision = predict.add_mutually_exclusive_group()
     decision.add_argument(
         "--threshold",
         type=_fraction,
-        help="P(fake) at or above which an image is called fake (default: the threshold stored with the model, "
-        f"else {FALLBACK_THRESHOLD}, the error-minimising point of its calibrated probability)",
+        help="P(fake) at or above which an image is called fake (default: the threshold the model was evaluated "
+        "at, from its card or evaluate report; 0.5 without one)",
     )
     decision.add_argument(
         "--max-fpr",
@@ -118,39 +100,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.set_defaults(func=run_predict)
 
+    serve = commands.add_parser(
+        "serve",
+        help="answer predictions over HTTP (a JSON API and an upload page)",
+        description="Serve the detector predict uses over HTTP: POST /v1/predict (multipart field `file`, one or "
+        "more images), GET /healthz, and an upload page at /. Listens on 127.0.0.1 unless told otherwise.",
+    )
+    add_model_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    serve.set_defaults(func=run_serve)
+
     explain = commands.add_parser(
         "explain",
-        help="write a Grad-CAM heatmap of where a model looked in an image",
+        help="write a Grad-CAM heatmap of where a model looked in an image (loads TensorFlow)",
         description="Grad-CAM of the predicted class: the image (resized as `predict` does) enlarged 8x, next to "
-        "it with the heatmap on top, as one PNG.",
+        "it with the heatmap on top, as one PNG. Unlike predict, it needs the Keras model (a .keras file) and "
+        "loads TensorFlow: seconds to start and several hundred MB.",
     )
     explain.add_argument("image", type=Path, metavar="IMAGE", help="an image file")
-    explain.add_argument("--model", help="as for predict (default: the best binary model of the last run)")
+    explain.add_argument("--model", help="a .keras file or an MLflow URI (default: as for predict)")
     explain.add_argument("--repo", type=Path, help="as for predict")
     explain.add_argument("--output", type=Path, help="the PNG to write (default: IMAGE's name + .gradcam.png, here)")
     explain.set_defaults(func=run_explain)
     return parser
 
 
-def repo_setting(root: Path, section: str, key: str, *, fallback, hint: str):
-    """`section.key` of the repo's params.yaml (its one home); `fallback` when there is no params.yaml."""
-    from realfake.params import load_params
-
-    params_file = root / "params.yaml"
-    if not params_file.is_file():
-        return fallback
-    try:
-        return getattr(getattr(load_params(params_file, sections=[section]), section), key)
-    except ParamsError as exc:
-        raise ParamsError(f"{exc} (reading {section}.{key}; {hint})") from None
-
-
-def default_threshold(loaded) -> float:
-    """The model's own decision threshold when its sidecar stores one, else 0.5: a calibrated P(fake)'s
-    error-minimising point, the threshold the evaluate stage reports at. Never read from a params.yaml, which
-    describes the pipeline, not the model in hand."""
-    stored = getattr(loaded.info, "threshold", None) if loaded.info else None
-    return FALLBACK_THRESHOLD if stored is None else float(stored)
+def add_model_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--model",
+        help="a .onnx file (runs without TensorFlow), a .keras file, or an MLflow URI (models:/NAME/VERSION, "
+        "models:/NAME@champion, runs:/RUN_ID/PATH); default: the binary model of the repo's last pipeline run with "
+        "the highest validation accuracy (its ONNX export when current), else the detector shipped with realfake",
+    )
+    command.add_argument(
+        "--repo", type=Path, help="the pipeline repo (default: the nearest folder at or above this one with dvc.yaml)"
+    )
 
 
 def _version() -> str:
@@ -162,75 +147,90 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def _quiet_tensorflow() -> None:
-    """Start Keras' backend with its C++ start-up lines (CUDA probing, CPU-feature notices) silenced: they would bury
-    realfake's own messages. REALFAKE_NATIVE_LOGS=1 shows them."""
-    from realfake import quiet_native_stderr
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with quiet_native_stderr():
-        import keras
-
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()  # probes the GPUs now, while silenced
-
-
-def choose_threshold(args: argparse.Namespace, loaded, root: Path) -> float:
-    """--threshold, else the stored operating point --max-fpr names, else the model's default (`default_threshold`)."""
-    from realfake.evaluation.thresholds import point_name
-
-    if args.threshold is not None:
+def choose_threshold(args: argparse.Namespace, loaded) -> float:
+    """--threshold, else the stored operating point --max-fpr names, else the model's own threshold."""
+    if getattr(args, "threshold", None) is not None:
         return args.threshold
-    if args.max_fpr is None:
-        return default_threshold(loaded)
-    points = loaded.info.operating_points if loaded.info else {}
-    wanted = point_name(args.max_fpr)
-    if wanted not in points:
-        stored = ", ".join(f"{p['max_fpr']:g}" for p in points.values()) or "none"
-        raise ParamsError(f"--max-fpr {args.max_fpr:g}: model {loaded.name} stores thresholds for rates {stored}")
-    point = points[wanted]
+    if getattr(args, "max_fpr", None) is None:
+        return loaded.threshold
+    point = operating_point(loaded, args.max_fpr)
     _say(f"realfake: threshold {point['threshold']:.4f}: flagged {point['fpr']:.2%} of real validation images "
          f"(at most {args.max_fpr:g}) and caught {point['recall']:.2%} of fakes")  # fmt: skip
     return point["threshold"]
 
 
+def operating_point(loaded, max_fpr: float) -> dict:
+    points = loaded.info.operating_points if loaded.info else {}
+    wanted = f"fpr_{max_fpr:g}"  # evaluation.thresholds.point_name
+    if wanted not in points:
+        stored = ", ".join(f"{p['max_fpr']:g}" for p in points.values()) or "none"
+        raise ParamsError(f"--max-fpr {max_fpr:g}: model {loaded.name} stores thresholds for rates {stored}")
+    return points[wanted]
+
+
+def _write(stream, text: str) -> None:
+    """Write and flush `text` to stdout, turning the ways it can fail into OutputError."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        raise OutputError("the reader of stdout went away") from None
+    except OSError as exc:  # ENOSPC, EBADF, EIO
+        raise OutputError(f"cannot write to stdout: {exc.strerror or exc}") from None
+    except ValueError:  # a closed file object
+        raise OutputError("stdout is closed") from None
+
+
+class _Stdout:
+    """sys.stdout as the writers see it: every write is flushed at once, failures become OutputError."""
+
+    def write(self, text: str) -> None:
+        _write(sys.stdout, text)
+
+
 def run_predict(args: argparse.Namespace) -> int:
-    _quiet_tensorflow()
     from PIL import Image
 
-    from realfake.serving import predict
+    from realfake.serving import classify, images, models, output
 
-    Image.MAX_IMAGE_PIXELS = predict.MAX_PIXELS  # this process's own Pillow guard; load_image checks it too
-    root = args.repo.resolve() if args.repo else predict.find_repo_root(Path.cwd())
+    if sys.stdout is None:  # started with file descriptor 1 closed
+        raise OutputError("stdout is closed")
+    Image.MAX_IMAGE_PIXELS = images.MAX_PIXELS  # this process's own Pillow guard; load_image checks it too
+    root = args.repo.resolve() if args.repo else models.find_repo_root(Path.cwd())
 
-    images, problems = predict.find_images(args.paths)
+    found, problems = images.find_images(args.paths)
     for path, reason in problems:
-        _say(f"{predict.display_path(path)}: {reason}")
-    if not images:
+        _say(f"{output.escape_control(images.display_path(path))}: {reason}")
+    if not found:
         _say("realfake: no image files to classify")
         return EXIT_FAILED
 
-    loaded = _load_model(args, root)
-    threshold = choose_threshold(args, loaded, root)
+    loaded = load_model(args, root)
+    threshold = choose_threshold(args, loaded)
+    skipped = []
 
-    predictions, skipped = predict.classify(
-        loaded, images, batch_size=args.batch_size, threshold=threshold, max_pixels=predict.MAX_PIXELS
-    )
-    for path, reason in skipped:
-        _say(f"{predict.display_path(path)}: {reason}")
-    if not predictions:
+    def on_skip(path: Path, reason: str) -> None:
+        skipped.append(path)
+        _say(f"{output.escape_control(images.display_path(path))}: {reason}")
+
+    writer = output.WRITERS[args.format](_Stdout())
+    shown = resized = far = 0
+    for batch in classify.classify(loaded, found, batch_size=args.batch_size, threshold=threshold,
+                                   max_pixels=images.MAX_PIXELS, on_skip=on_skip):  # fmt: skip
+        writer.write(batch)
+        shown += len(batch)
+        resized += sum(p.resampled for p in batch)
+        far += sum(bool(p.ood) for p in batch)
+    writer.close()
+    if not shown:
         _say("realfake: no readable image among the given files")
         return EXIT_FAILED
-    _warn_about(predictions, loaded)
-    _emit(predict.FORMATTERS[args.format](predictions))
+    _warn_about(resized, far, loaded)
     return EXIT_SKIPPED if problems or skipped else EXIT_OK
 
 
-def _warn_about(predictions, loaded) -> None:
+def _warn_about(resized: int, far: int, loaded) -> None:
     """One line each when images were resized to the model's input, or lie outside the training distribution."""
-    resized = sum(p.resampled for p in predictions)
     if resized:
         measured = (
             f"measured accuracy on CIFAKE images downscaled 2x and back: {loaded.resized_accuracy:.3f}"
@@ -239,96 +239,83 @@ def _warn_about(predictions, loaded) -> None:
         )
         _say(f"realfake: warning: {resized} image(s) were not 32x32 and were resized; the detector was trained on "
              f"32x32 CIFAKE images ({measured}), so treat these verdicts with caution")  # fmt: skip
-    outside = sum(bool(p.ood) for p in predictions)
-    if outside:
-        _say(f"realfake: warning: {outside} image(s) are out of distribution (far from every training image); "
+    if far:
+        _say(f"realfake: warning: {far} image(s) are out of distribution (far from every training image); "
              "their verdicts are unreliable")  # fmt: skip
 
 
-def _store_uri(root: Path) -> str | None:
-    """The MLflow store to read models:/ URIs from: MLFLOW_TRACKING_URI, else the repo's mlflow.db when there is one."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    if (root / "mlflow.db").is_file():
-        return f"sqlite:///{(root / 'mlflow.db').resolve()}"
-    return None
-
-
-def _load_model(args: argparse.Namespace, root: Path):
+def load_model(args: argparse.Namespace, root: Path, *, keras: bool = False):
+    """--model, else the repo's best binary model, else the shipped detector; `keras`: a Keras model only."""
     from realfake.paths import ProjectPaths
-    from realfake.serving import predict
+    from realfake.serving import models
 
     if args.model:
-        return predict.load_named_model(args.model, tracking_uri=_store_uri(root))
+        if keras and args.model.lower().endswith(".onnx"):
+            raise ParamsError(f"{args.model}: explain needs the Keras model (the .keras file it was exported from)")
+        return models.load_named_model(args.model, tracking_uri=models.store_uri(root))
     paths = ProjectPaths(root)
-    if predict.has_pipeline_models(paths):
-        loaded, accuracy = predict.best_binary_model(paths)
+    if models.has_pipeline_models(paths):
+        loaded, accuracy = models.best_binary_model(paths, keras_only=keras)
         _say(
             f"realfake: using model {loaded.name} ({loaded.source}, validation accuracy {accuracy:.4f}, the best "
             "binary model of this repository's pipeline; --model picks another)"
         )
         return loaded
-    loaded = predict.shipped_model()
+    loaded = models.shipped_model(keras=keras)
     _say(f"realfake: using the detector shipped with realfake ({loaded.source}; see MODEL_CARD.md beside it)")
     return loaded
 
 
-def run_explain(args: argparse.Namespace) -> int:
-    _quiet_tensorflow()
-    from realfake.evaluation import explain
-    from realfake.serving import predict
+def run_serve(args: argparse.Namespace) -> int:
+    from realfake.serving import models, server
 
-    root = args.repo.resolve() if args.repo else predict.find_repo_root(Path.cwd())
-    min_size = repo_setting(root, "explain", "min_feature_size", fallback=FALLBACK_MIN_FEATURE_SIZE, hint="pass --repo")
-    loaded = _load_model(args, root)
-    threshold = default_threshold(loaded)
-    try:
-        pixels, _ = predict.load_image(args.image, size=predict.input_size(loaded.model), max_pixels=predict.MAX_PIXELS)
-    except predict.UnreadableImageError as exc:
-        _say(f"{args.image}: {exc}")
-        return EXIT_FAILED
-    result = explain.gradcam(loaded.model, pixels[None], min_size=min_size, threshold=threshold)
-    output = args.output or Path(f"{args.image.name}.gradcam.png")
-    explain.overlay_png(pixels, result.heatmaps[0], output)
-    names = predict.class_names(loaded.model)
-    said = explain.caption(result.probabilities[0], names, digits=4)
-    called = names[int(result.class_index[0])]
-    _emit(f"{output}\t{called}\t{said}\t{loaded.name}\tlayer {result.layer}\n")
-    return EXIT_OK
+    root = args.repo.resolve() if args.repo else models.find_repo_root(Path.cwd())
+    loaded = load_model(args, root)
+    return server.serve(loaded, host=args.host, port=args.port)
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from realfake.serving.explain_command import run_explain as run
+
+    return run(args)
+
+
+def _silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null, so the interpreter's final flush of what is still buffered fails no
+    more (it would print "Exception ignored ... BrokenPipeError")."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `realfake` console script; returns the exit status."""
-    logging.basicConfig(
-        level=os.environ.get("REALFAKE_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
-    )
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits on --help (0) and on usage errors (2)
-        return exc.code if isinstance(exc.code, int) else EXIT_FAILED
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return EXIT_FAILED
-    try:
-        return args.func(args)
-    except RealfakeError as exc:
-        _say(f"realfake: {exc}")
-        return EXIT_FAILED
-    except OutputError as exc:
-        _quiet_stdout()
-        _say(f"realfake: results not written: {exc}")
-        return EXIT_OUTPUT
+        logging.basicConfig(
+            level=os.environ.get("REALFAKE_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
+        )
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # argparse exits on --help (0) and on usage errors (2)
+            return exc.code if isinstance(exc.code, int) else EXIT_FAILED
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_FAILED
+        try:
+            return args.func(args)
+        except RealfakeError as exc:
+            _say(f"realfake: {exc}")
+            return EXIT_FAILED
+        except OutputError as exc:
+            _silence_stdout()
+            _say(f"realfake: results not written: {exc}")
+            return EXIT_OUTPUT
     except KeyboardInterrupt:
+        _silence_stdout()
         _say("realfake: interrupted")
         return EXIT_INTERRUPTED
-
-
-def _quiet_stdout() -> None:
-    """Point stdout at /dev/null, so that the interpreter's final flush of a broken stdout raises nothing."""
-    # AttributeError, ValueError: there is no stdout at all
-    with open(os.devnull, "w") as devnull, contextlib.suppress(AttributeError, OSError, ValueError):
-        os.dup2(devnull.fileno(), sys.stdout.fileno())
 
 
 if __name__ == "__main__":
