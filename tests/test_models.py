@@ -384,3 +384,13 @@ def test_interrupted_fit_resumes_exactly(tmp_path):
 def test_generator_roundtrips_in_safe_mode(tmp_path):
     noise = np.random.default_rng(0).standard_normal((2, 8)).astype("float32")
     assert_roundtrip(tiny_dcgan().generator, tmp_path, noise)
+
+
+def test_resnet50_takes_its_batchnorm_momentum_from_params():
+    import keras
+
+    model = build_resnet50(weights=None, batchnorm_momentum=0.9, **RESNET50)
+    norms = [
+        layer for layer in model.get_layer("resnet50").layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert len(norms) == 53 and {layer.momentum for layer in norms} == {0.9}

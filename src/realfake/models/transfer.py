@@ -127,10 +127,13 @@ def build_resnet50(
     dropout: float,
     seed: int,
     params_key: str,
+    batchnorm_momentum: float = 0.99,
 ) -> keras.Model:
     """ResNet50 (trainable, max pooling) behind its own "caffe" preprocessing + Dense relu, Dropout, softmax.
 
-    Takes uint8-valued RGB pixels 0..255. `params_key` is the params.yaml key of `weights`.
+    Takes uint8-valued RGB pixels 0..255. `params_key` is the params.yaml key of `weights`. `batchnorm_momentum`
+    replaces the backbone's BatchNorm momentum: from scratch, a few hundred steps leave Keras' 0.99 averages far from
+    the weights' current statistics, and inference then calls every image one class.
     """
     base = keras.applications.ResNet50(
         include_top=False,
@@ -139,6 +142,9 @@ def build_resnet50(
         pooling="max",
     )
     base.trainable = True
+    for layer in base.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = batchnorm_momentum
     inputs = keras.Input(shape=input_shape)
     x = ResNetPreprocess()(inputs)
     x = base(x)

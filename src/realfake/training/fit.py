@@ -212,6 +212,7 @@ def fit_classifier(
     mode: str,
     early_stopping_patience: int | None,
     max_train_minutes: float | None = None,
+    validate_every_steps: int | None = None,
     test_curve: TestCurve | None = None,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> FitResult:
@@ -224,6 +225,11 @@ def fit_classifier(
     can never select the model. `max_train_minutes` stops after the last epoch whose successor would end past the
     budget (training time only, summed over resumed calls). The caller copies the outputs, then calls
     `clear_state(state_dir)`. The first epoch's timings include tracing and compiling the train function.
+
+    `validate_every_steps` = N (fewer than an epoch's steps) cuts training into rounds of N steps instead of epochs:
+    validation, the best-weights record, the budget check, the backup and the history then happen every round
+    (the history's `epoch` counts rounds). The batches are the same stream as epoch by epoch; training runs whole
+    rounds, ceil(epochs x steps per epoch / N) of them, so up to N - 1 steps of the next epoch's order may be added.
     """
     if not monitor.startswith("val_"):
         raise ValueError(f"monitor {monitor!r}: model selection must use a validation metric (val_...)")
@@ -235,11 +241,15 @@ def fit_classifier(
         raise ValueError(f"early_stopping_patience: must be > 0 or None, got {early_stopping_patience}")
     if max_train_minutes is not None and max_train_minutes <= 0:
         raise ValueError(f"max_train_minutes: must be > 0 or None, got {max_train_minutes}")
+    if validate_every_steps is not None and validate_every_steps <= 0:
+        raise ValueError(f"validate_every_steps: must be > 0 or None, got {validate_every_steps}")
+    round_steps, rounds = _rounds(epochs, train.steps_per_epoch, validate_every_steps)
 
     # Settings that change what an epoch record means are part of the fingerprint.
     settings = (
         f"epochs={epochs} monitor={monitor} mode={mode} patience={early_stopping_patience} "
         f"budget={max_train_minutes} test_curve={test_curve is not None}"
+        + (f" round_steps={round_steps}" if round_steps != train.steps_per_epoch else "")
     )
     with locked_state(state_dir):
         prepare_state_dir(state_dir, f"{fingerprint} | {settings}")
@@ -258,20 +268,25 @@ def fit_classifier(
             initial_epoch = restore_backup(model, state_dir / BACKUP)
             tracker = _Progress(
                 state_dir,
-                epochs=epochs,
+                epochs=rounds,
                 monitor=monitor,
                 mode=mode,
                 patience=early_stopping_patience,
                 budget_seconds=None if max_train_minutes is None else max_train_minutes * 60,
-                train_examples=len(train.labels),
+                train_examples=len(train.labels)
+                if round_steps == train.steps_per_epoch
+                else round_steps * train.batch_size,
                 progress=progress,
             )
-            stream = train.epochs(initial_epoch, epochs)
-            steps = None if epoch_followers(stream) else train.steps_per_epoch
+            if round_steps == train.steps_per_epoch:
+                stream = train.epochs(initial_epoch, epochs)
+                steps = None if epoch_followers(stream) else train.steps_per_epoch
+            else:
+                stream, steps = train.steps(initial_epoch * round_steps, rounds * round_steps), round_steps
             model.fit(
                 stream,
                 validation_data=val.once(),
-                epochs=epochs,
+                epochs=rounds,
                 initial_epoch=initial_epoch,
                 steps_per_epoch=steps,
                 callbacks=[
@@ -290,6 +305,13 @@ def fit_classifier(
             logger.info("%s holds a finished run; returning its result without training", state_dir)
 
         return _result(model, state_dir, progress, carried)
+
+
+def _rounds(epochs: int, steps_per_epoch: int, validate_every_steps: int | None) -> tuple[int, int]:
+    """(train steps per validation round, rounds): whole epochs unless validation comes more often than that."""
+    if validate_every_steps is None or validate_every_steps >= steps_per_epoch:
+        return steps_per_epoch, epochs
+    return validate_every_steps, math.ceil(epochs * steps_per_epoch / validate_every_steps)
 
 
 def _result(model: keras.Model, state_dir: Path, progress: dict[str, Any], carried: int) -> FitResult:

@@ -99,6 +99,15 @@ class Batches:
             raise ValueError("sharded batches are for data-parallel training under Keras' JAX backend")
         return _tf_stream(self, first, stop)
 
+    def steps(self, first: int, stop: int) -> tf.data.Dataset:
+        """Train steps first..stop-1 counted over the epochs (step s is batch s % steps_per_epoch of epoch
+        s // steps_per_epoch): the same batches as `epochs`, cut anywhere. TensorFlow backend only."""
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError("validation rounds shorter than an epoch need Keras' TensorFlow backend")
+        if self.shard != (0, 1) or self.drop_remainder:
+            raise ValueError("sharded batches are for data-parallel training under Keras' JAX backend")
+        return _tf_stream(self, first, stop, unit=1)
+
     def once(self) -> tf.data.Dataset | ArrayBatches:
         """One pass in epoch 0's order (evaluation: no shuffle, no transforms)."""
         return self.epochs(0, 1)
@@ -111,7 +120,9 @@ def batch_rng(seed: int, stream: int, epoch: int, step: int) -> np.random.Genera
 # ----------------------------------------------------------------------------- tf.data
 
 
-def _tf_stream(batches: Batches, first: int, stop: int) -> tf.data.Dataset:
+def _tf_stream(batches: Batches, first: int, stop: int, *, unit: int | None = None) -> tf.data.Dataset:
+    """Batches at positions first * unit .. stop * unit - 1, a position counting steps over the epochs; `unit` is
+    steps_per_epoch unless given (1: first and stop count steps)."""
     import tensorflow as tf
 
     images = np.ascontiguousarray(batches.images)  # np.load's arrays already are: no copy
@@ -150,7 +161,8 @@ def _tf_stream(batches: Batches, first: int, stop: int) -> tf.data.Dataset:
             batch = tf.reshape(batch, [-1, height, width, channels])
         return tf.cast(batch, tf.float32), tf.gather(labels, slots)
 
-    positions = tf.data.Dataset.range(first * steps, stop * steps)
+    unit = steps if unit is None else unit
+    positions = tf.data.Dataset.range(first * unit, stop * unit)
     return positions.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
