@@ -27,8 +27,8 @@ from realfake.data import generated as generation
 from realfake.data.cifake import RawDataset, pixel_digests
 from realfake.errors import ParamsError, RealfakeError
 from realfake.fileio import load_arrays, save_arrays
-from realfake.models.dcgan import generate_images
-from realfake.params import load_params
+from realfake.models.dcgan import build_dcgan, generate_images, load_generator
+from realfake.params import DcganParams, load_params
 from realfake.paths import ProjectPaths
 from realfake.training import gan
 from realfake.training.state import EpochBackup, fingerprint
@@ -38,7 +38,9 @@ CIFAKE_SMALL = DATA_DIR / "cifake-small.zip"
 N_DISTINCT_REAL_TRAIN = 20
 TINY = {
     "dcgan": dict(noise_dim=8, dense_filters=8, g_filters=[8, 4], d_filters=[4, 8], kernel_size=3, dropout=0.3,
-                  learning_rate=0.001, epochs=2, batch_size=8, sample_every=1, sample_grid=2),
+                  learning_rate=0.001, beta_1=0.5, epochs=2, batch_size=8, max_train_minutes=None,
+                  precision="float32", sample_every=1, sample_grid=2, max_images=None, quality_images=2,
+                  quality_model="fast"),
     "generate": dict(n_train=6, n_test=4, batch_size=4, jpeg_quality=75, jpeg_subsampling="4:2:0"),
 }  # fmt: skip
 
@@ -73,14 +75,33 @@ def tiny_raw() -> RawDataset:
     return RawDataset(images, split, label, names, pixel_digests(images))
 
 
+def tiny_detector() -> keras.Model:
+    """A seeded stand-in for the trained fast detector: its 4 penultimate features are pooled random filters."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x), name="fast")
+
+
+def tiny_dcgan(**overrides) -> DcganParams:
+    """TINY's DCGAN params as the library takes them."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in TINY["dcgan"].items()}
+    return DcganParams(**values | overrides)
+
+
 def make_project(root: Path, **overrides) -> tuple[ProjectPaths, argparse.Namespace]:
-    """A project folder with the tiny raw dataset and the repo's params.yaml shrunk to TINY (plus overrides)."""
+    """A project folder with the tiny raw dataset, a tiny detector for the quality features, and the repo's
+    params.yaml with every DCGAN value set by TINY (plus overrides)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in TINY.items():
         params[section].update(values, **overrides.get(section, {}))
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     paths = ProjectPaths(root)
     save_arrays(paths.raw_dataset, **tiny_raw().arrays())
+    paths.models.mkdir(parents=True, exist_ok=True)
+    tiny_detector().save(paths.model_file("fast"))
     return paths, argparse.Namespace(params=root / "params.yaml")
 
 
@@ -193,7 +214,20 @@ def test_train_dcgan_writes_every_declared_output(trained):
     assert metrics["train_images"] == N_DISTINCT_REAL_TRAIN and metrics["epochs"] == 2
     assert metrics["final"] == {"d_loss": float(rows[1]["d_loss"]), "g_loss": float(rows[1]["g_loss"])}
     assert metrics["images_per_s"] == pytest.approx(2 * N_DISTINCT_REAL_TRAIN / metrics["train_seconds"])
+    assert not metrics["stopped_by_budget"]
     assert not trained.state.exists()  # cleared after success
+
+    with open(paths.plots / "dcgan" / "quality.csv") as fh:
+        curve = list(csv.DictReader(fh))
+    assert list(curve[0]) == ["epoch", "frechet_distance", "diversity_ratio"]
+    assert [r["epoch"] for r in curve] == ["0", "1", "2"]  # 0: the untrained generator; then every sampled epoch
+    quality = metrics["quality"]
+    assert quality["frechet_distance"] == float(curve[-1]["frechet_distance"])
+    assert quality["diversity_ratio"] == float(curve[-1]["diversity_ratio"])
+    assert quality["frechet_distance_untrained"] == float(curve[0]["frechet_distance"])
+    assert quality["images_per_set"] == 2 and quality["features"] == 4 and quality["feature_model"] == "fast"
+    assert all(np.isfinite(v) and v >= 0 for v in (quality["frechet_distance_real_vs_real"], *quality.values())
+               if isinstance(v, float))  # fmt: skip
 
 
 def test_train_dcgan_resumes_after_the_last_backed_up_epoch(trained):
@@ -212,14 +246,18 @@ def test_train_dcgan_resumes_after_the_last_backed_up_epoch(trained):
     for run, steps in ((killed, [1]), (finished, [1, 2])):
         for key in ("d_loss", "g_loss"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == steps
+    # The quality curve survives the interruption too: epoch 1's measurement is carried over, 0 is the untrained one.
+    for key in ("frechet_distance", "diversity_ratio"):
+        assert sorted(m.step for m in client.get_metric_history(finished.info.run_id, key)) == [0, 1, 2]
+    with open(trained.paths.plots / "dcgan" / "quality.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert float(rows[1]["frechet_distance"]) == trained.before.history[0]["frechet_distance"]
     artifacts = {a.path for a in client.list_artifacts(finished.info.run_id, "dcgan/samples")}
     assert "dcgan/samples/final.png" in artifacts
 
 
 def test_a_dcgan_killed_after_its_last_backup_is_not_trained_again(tmp_path, monkeypatch):
-    base = load_params(REPO / "params.yaml", sections=["dcgan"]).dcgan
-    tiny = {k: tuple(v) if isinstance(v, list) else v for k, v in TINY["dcgan"].items()}
-    dcgan = dataclasses.replace(base, **tiny | {"epochs": 1})
+    dcgan = tiny_dcgan(epochs=1)
     images = generation.real_train_images(tiny_raw())
     state = tmp_path / "state"
 
@@ -239,9 +277,77 @@ def test_a_dcgan_killed_after_its_last_backup_is_not_trained_again(tmp_path, mon
     assert records == trained  # every epoch still reaches on_record (the stage logs them to MLflow)
 
 
+def fake_clock(seconds_per_epoch: float) -> SimpleNamespace:
+    """Stands in for the `time` module of training.gan: every epoch lasts `seconds_per_epoch` (2 readings each)."""
+    readings = iter(range(10**6))
+    return SimpleNamespace(perf_counter=lambda: next(readings) * seconds_per_epoch)
+
+
+def test_the_budget_stops_training_early_and_an_interrupted_run_resumes_to_the_same_end(tmp_path, monkeypatch):
+    # 30 s epochs, 2-minute budget: after epoch 4, 120 s + another 30 s would pass 120 s, so it stops at 4 of 10
+    dcgan = tiny_dcgan(epochs=10, max_train_minutes=2.0, sample_every=3)
+    images = generation.real_train_images(tiny_raw())
+    monkeypatch.setattr(gan, "time", fake_clock(30.0))
+    whole = gan.train_dcgan(images, tmp_path / "whole", dcgan=dcgan, seed=0)
+    assert [e["epoch"] for e in whole.history] == [1, 2, 3, 4] and whole.stopped_by_budget
+    assert sorted(p.name for p in whole.samples.iterdir()) == ["epoch_003.png", "epoch_004.png"]  # the last too
+
+    backup_epoch_end = EpochBackup.on_epoch_end
+
+    def killed_after_epoch_2(self, epoch, logs=None):
+        backup_epoch_end(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(EpochBackup, "on_epoch_end", killed_after_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            gan.train_dcgan(images, tmp_path / "split", dcgan=dcgan, seed=0)
+    monkeypatch.setattr(gan, "time", fake_clock(30.0))
+    resumed = gan.train_dcgan(images, tmp_path / "split", dcgan=dcgan, seed=0)
+    assert resumed.resumed_epochs == 2 and resumed.stopped_by_budget
+    assert [e["epoch"] for e in resumed.history] == [1, 2, 3, 4]
+    assert [e["train_seconds"] for e in resumed.history] == [e["train_seconds"] for e in whole.history]
+
+    # A run stopped by the budget and killed before fit returned is not trained further on the next call.
+    def killed_before_the_backup_is_dropped(self, logs=None):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(EpochBackup, "on_train_end", killed_before_the_backup_is_dropped)
+        with pytest.raises(KeyboardInterrupt):
+            gan.train_dcgan(images, tmp_path / "late", dcgan=dcgan, seed=0)
+    again = gan.train_dcgan(images, tmp_path / "late", dcgan=dcgan, seed=0)
+    assert again.resumed_epochs == 4 and [e["epoch"] for e in again.history] == [1, 2, 3, 4]
+    assert again.stopped_by_budget
+
+
+def test_a_mixed_bfloat16_dcgan_trains_and_its_saved_generator_makes_float32_images(tmp_path):
+    dcgan = tiny_dcgan()
+    model = build_dcgan(
+        noise_dim=dcgan.noise_dim, dense_filters=dcgan.dense_filters, g_filters=dcgan.g_filters,
+        d_filters=dcgan.d_filters, kernel_size=dcgan.kernel_size, dropout=dcgan.dropout,
+        learning_rate=dcgan.learning_rate, beta_1=0.5, precision="mixed_bfloat16", seed=0,
+    )  # fmt: skip
+    assert model.generator.layers[1].compute_dtype == "bfloat16"  # the Dense after the input
+    assert model.generator.layers[1].variable_dtype == "float32"
+    noise = np.random.default_rng(0).standard_normal((4, dcgan.noise_dim)).astype(np.float32)
+    assert keras.backend.standardize_dtype(model.generator(noise).dtype) == "float32"
+    assert keras.backend.standardize_dtype(model.discriminator(np.zeros((4, 32, 32, 3))).dtype) == "float32"
+    assert float(model.d_optimizer.beta_1) == 0.5
+    history = model.fit(generation.real_train_images(tiny_raw()).astype(np.float32), batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["d_loss"]).all() and np.isfinite(history.history["g_loss"]).all()
+
+    model.generator.save(tmp_path / "generator.keras")
+    loaded = load_generator(tmp_path / "generator.keras")
+    assert keras.backend.standardize_dtype(loaded(noise).dtype) == "float32"
+    images = generate_images(loaded, count=3, noise_dim=dcgan.noise_dim, seed=0, batch_size=2)
+    assert images.dtype == np.uint8 and images.shape == (3, 32, 32, 3)
+
+
 def test_train_dcgan_fingerprint_follows_params_and_images():
     # the stage's state folder: fingerprint(dcgan params, seed, arrays=[the training images])
-    params = load_params(REPO / "params.yaml", sections=["dcgan"]).dcgan
+    params = tiny_dcgan()
     images = generation.real_train_images(tiny_raw())
     fp = fingerprint(params, 1, arrays=[images])
     assert fp == fingerprint(params, 1, arrays=[images.copy()])
@@ -289,7 +395,7 @@ def test_generate_stores_jpegs_as_cifake_does(generated):
 
 def test_generate_is_seeded_per_split_and_repeats_byte_for_byte(generated, tmp_path, mlflow_uri):
     paths, args = make_project(tmp_path)
-    paths.models.mkdir()
+    paths.models.mkdir(exist_ok=True)
     shutil.copy2(generated.model_file("dcgan_generator"), paths.model_file("dcgan_generator"))
     generate.main(paths, args)
     assert paths.generated_jpegs.read_bytes() == generated.generated_jpegs.read_bytes()
@@ -309,7 +415,7 @@ def test_generate_without_a_generator_says_which_stage_to_run(tmp_path, mlflow_u
 def test_generate_refuses_a_generator_of_the_wrong_shape(tmp_path, mlflow_uri):
     paths, args = make_project(tmp_path)
     wrong = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16 * 16 * 3), keras.layers.Reshape((16, 16, 3))])
-    paths.models.mkdir()
+    paths.models.mkdir(exist_ok=True)
     wrong.save(paths.model_file("dcgan_generator"))
     with pytest.raises(RealfakeError, match=r"dcgan_generator\.keras: expected a generator.*16, 16, 3"):
         generate.main(paths, args)

@@ -2,6 +2,8 @@
 
 Follows the original notebook's architecture (the TensorFlow DCGAN tutorial) and keras-io's GAN example:
 a `keras.Model` subclass with its own `compile` and `train_step`, so `fit()` and its callbacks work as usual.
+`build_dcgan(precision=...)` builds both networks under a Keras dtype policy (bfloat16 compute on CPUs with AMX);
+the generator's last layer and the discriminator's logit layer stay float32, so images and losses are float32.
 The train step takes gradients with TensorFlow's GradientTape, so the DCGAN trains under Keras' TensorFlow backend
 only; TensorFlow is imported inside it, so that importing `realfake.models` works under any backend.
 """
@@ -15,6 +17,7 @@ import numpy as np
 from keras import layers, ops
 
 from realfake.errors import RealfakeError
+from realfake.training.precision import dtype_policy
 
 # CIFAKE images are 32x32 RGB: a fact of the data, not a hyperparameter.
 IMAGE_SHAPE = (32, 32, 3)
@@ -51,7 +54,10 @@ def build_generator(
             layers.LeakyReLU(),
             layers.Reshape((side, side, dense_filters)),
             *upsampling,
-            layers.Conv2DTranspose(IMAGE_SHAPE[2], kernel_size, strides=2, padding="same", activation="tanh"),
+            # float32 whatever the policy: saved samples and the discriminator's input keep full precision
+            layers.Conv2DTranspose(
+                IMAGE_SHAPE[2], kernel_size, strides=2, padding="same", activation="tanh", dtype="float32"
+            ),
         ],
         name="generator",
     )
@@ -72,7 +78,7 @@ def build_discriminator(
             layers.Dropout(dropout),
         ]
     return keras.Sequential(
-        [keras.Input(shape=input_shape), *blocks, layers.Flatten(), layers.Dense(1)],
+        [keras.Input(shape=input_shape), *blocks, layers.Flatten(), layers.Dense(1, dtype="float32")],
         name="discriminator",
     )
 
@@ -131,19 +137,22 @@ def build_dcgan(
     dropout: float,
     learning_rate: float,
     seed: int,
+    beta_1: float = 0.9,
+    precision: str = "float32",
 ) -> "DCGAN":
-    """The reference study's DCGAN, compiled: BCE from logits, one Adam(learning_rate) per network, noise seeded by
-    `seed`."""
-    generator = build_generator(
-        noise_dim=noise_dim, dense_filters=dense_filters, filters=g_filters, kernel_size=kernel_size
-    )
-    discriminator = build_discriminator(
-        input_shape=IMAGE_SHAPE, filters=d_filters, kernel_size=kernel_size, dropout=dropout
-    )
+    """The reference study's DCGAN, compiled: BCE from logits, one Adam(learning_rate, beta_1) per network, noise
+    seeded by `seed`; both networks built under `precision` (auto | float32 | mixed_bfloat16)."""
+    with dtype_policy(precision):
+        generator = build_generator(
+            noise_dim=noise_dim, dense_filters=dense_filters, filters=g_filters, kernel_size=kernel_size
+        )
+        discriminator = build_discriminator(
+            input_shape=IMAGE_SHAPE, filters=d_filters, kernel_size=kernel_size, dropout=dropout
+        )
     gan = DCGAN(generator, discriminator, noise_dim=noise_dim, seed=seed)
     gan.compile(
-        d_optimizer=keras.optimizers.Adam(learning_rate),
-        g_optimizer=keras.optimizers.Adam(learning_rate),
+        d_optimizer=keras.optimizers.Adam(learning_rate, beta_1=beta_1),
+        g_optimizer=keras.optimizers.Adam(learning_rate, beta_1=beta_1),
         loss_fn=keras.losses.BinaryCrossentropy(from_logits=True),
     )
     return gan
