@@ -13,7 +13,7 @@ from realfake.pipeline import stage, tracking
 
 def main(paths, args) -> None:
     params = load_params(args.params, sections=["base", "train_3class", "models"])
-    names = [name for name in params.models if name != params.train_3class.model]
+    names = [name for name in params.models if name not in params.train_3class.models]
     with tracking.stage_run(
         "robustness_report", repo_root=paths.root, experiment=params.base.mlflow_experiment, params={"models": names}
     ):

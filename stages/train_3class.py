@@ -1,11 +1,12 @@
-"""Stage `train_3class`: retrain with three classes (real / Stable Diffusion / DCGAN) through the classifiers' code.
+"""Stage `train_3class@<model>`: retrain with three classes (real / Stable Diffusion / DCGAN) through the classifiers'
+code; one stage per name in `train_3class.models` (the reference study's EfficientNetV2B3 and the fast detector).
 
 Train and validation: the prepared real and SD splits plus the generated DCGAN train images, of which
 `train_3class.val_fraction` is held out for validation. The test split is not read here.
 """
 
 from realfake.data.threeclass import three_class_splits
-from realfake.errors import DataError
+from realfake.errors import DataError, ParamsError
 from realfake.fileio import load_arrays
 from realfake.params import load_params
 from realfake.pipeline import stage, tracking
@@ -24,9 +25,10 @@ def load_generated(paths, image_size: int):
 
 
 def main(paths, args) -> None:
-    params = load_params(args.params, sections=["base", "prepare", "train", "train_3class"])
-    name = params.train_3class.model
+    name = args.model
     params = load_params(args.params, sections=["base", "prepare", "train", "train_3class", f"models.{name}"])
+    if name not in params.train_3class.models:
+        raise ParamsError(f"train_3class.models: {name!r} is not listed ({', '.join(params.train_3class.models)})")
     spec, size = params.models[name], params.base.image_size
     logged = {"seed": params.base.seed, "train": params.raw["train"], "train_3class": params.raw["train_3class"],
               "model": params.raw["models"][name]}  # fmt: skip
@@ -53,4 +55,4 @@ def main(paths, args) -> None:
 
 
 if __name__ == "__main__":
-    stage.run(main, description=__doc__, script=__file__)
+    stage.run(main, description=__doc__, script=__file__, extra_args=stage.model_arg)

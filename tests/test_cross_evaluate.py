@@ -14,6 +14,7 @@ from PIL import Image
 
 from realfake.errors import DataError, ParamsError, RealfakeError
 from realfake.evaluation.cross import wilson_interval
+from realfake.models.detector import save_info
 from realfake.paths import ProjectPaths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,6 +37,14 @@ EXPECTED = {
 }
 # 3-class predictions per source, columns real / sd_fake / dcgan_fake (rows actual, as the confusion matrix)
 CONFUSION_3CLASS = [[2, 1, 1], [1, 2, 0], [0, 0, 2]]
+# Every binary model's out-of-distribution statistics: one mean at 0 and a precision that reads the blue channel only,
+# so the OOD score is b squared and the cutoff flags an image iff its blue mean is above 235: REAL (5, 10, 240) and
+# DCGAN (0, 0, 245). Shares (called fake, flagged OOD, either) by hand:
+OOD_BLUE_CUTOFF = 235.0
+EXPECTED_WARNINGS = {
+    "cnn": {"real": (1 / 4, 1 / 4, 2 / 4), "sd_fake": (2 / 3, 0, 2 / 3), "dcgan_fake": (1 / 2, 1 / 2, 1.0)},
+    "cnn_b": {"real": (1.0, 1 / 4, 1.0), "sd_fake": (1.0, 0, 1.0), "dcgan_fake": (1.0, 1 / 2, 1.0)},
+}
 
 
 def constant_images(colours):
@@ -67,7 +76,19 @@ def saved_models(tmp_path_factory) -> Path:
     }
     for name, model in models.items():
         model.save(folder / f"{name}.keras")
+        if name != "efficientnet_3class":
+            save_info(folder / f"{name}.detector.npz", blue_ood_info())
     return folder
+
+
+def blue_ood_info():
+    from realfake.models.detector import DetectorInfo
+
+    return DetectorInfo(
+        temperature=1.0, operating_points={}, ood_means=np.zeros((1, 3), np.float32),
+        ood_precision=np.diag([0.0, 0.0, 1.0]).astype(np.float32), ood_cutoff=OOD_BLUE_CUTOFF**2, ood_percentile=99,
+        fitted_on={},
+    )  # fmt: skip
 
 
 def write_npz(path: Path, **arrays) -> None:
@@ -94,7 +115,7 @@ def project(tmp_path, saved_models, mlflow_uri):
         "efficientnet_3class": models["efficientnet_3class"],
     }
     params["evaluate"].update(batch_size=3, threshold=0.5, confidence=0.95)  # 3: several batches per source
-    params["train_3class"]["model"] = "efficientnet_3class"
+    params["train_3class"]["models"] = ["efficientnet_3class"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return paths
 
@@ -123,6 +144,14 @@ def test_table_matches_hand_computed_counts(project, mlflow_uri):
         "efficientnet_3class": {"labels": ["real", "sd_fake", "dcgan_fake"], "matrix": CONFUSION_3CLASS}
     }
     assert scores["cnn"]["dcgan_fake"]["predicted_counts"] == {"real": 1, "fake": 1}
+    warnings = result["unseen_generator"]
+    assert list(warnings) == ["cnn", "efficientnet", "cnn_b"]  # binary models only
+    for model, by_source in EXPECTED_WARNINGS.items():
+        for source, (fake, ood, either) in by_source.items():
+            got = warnings[model][source]
+            assert (got["share_called_fake"], got["share_flagged_ood"], got["share_fake_or_ood"]) == pytest.approx(
+                (fake, ood, either)
+            ), (model, source)
 
     md = (project.reports / "cross_evaluate.md").read_text()
     assert "| model | real | sd_fake | dcgan_fake |" in md
@@ -130,6 +159,7 @@ def test_table_matches_hand_computed_counts(project, mlflow_uri):
     assert "| actual real | 2 | 1 | 1 |" in md
     assert "CIFAKE's test split" in md and "DCGAN's test fakes" in md
     assert '"Correct" for a binary model (cnn, efficientnet, cnn_b)' in md
+    assert "| cnn | 0.500 (0.250) | 0.667 (0.000) | 1.000 (0.500) |" in md  # the unseen-generator table
     with Image.open(project.plots / "cross_evaluate" / "heatmap.png") as png:
         assert png.format == "PNG" and png.size[0] > 100
 
@@ -157,7 +187,10 @@ def test_mlflow_run_has_flat_metrics_and_artifacts(project, mlflow_uri):
 
 @pytest.mark.parametrize(
     ("name", "command"),
-    [("efficientnet", "dvc repro train@efficientnet"), ("efficientnet_3class", "dvc repro train_3class")],
+    [
+        ("efficientnet", "dvc repro train@efficientnet"),
+        ("efficientnet_3class", "dvc repro train_3class@efficientnet_3class"),
+    ],
 )
 def test_missing_model_names_file_and_command(project, name, command):
     (project.models / f"{name}.keras").unlink()
@@ -203,9 +236,9 @@ def test_three_class_model_must_have_three_outputs(project):
 def test_three_class_model_must_be_a_models_section(project):
     params_file = project.root / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
-    params["train_3class"]["model"] = "nope"
+    params["train_3class"]["models"] = ["nope"]
     params_file.write_text(yaml.safe_dump(params))
-    with pytest.raises(ParamsError, match="train_3class.model: 'nope'"):
+    with pytest.raises(ParamsError, match="train_3class.models: 'nope'"):
         run(project)
 
 

@@ -44,14 +44,26 @@ def test_a_run_like_the_study_reproduces_it():
     found = verdicts(claims(*records(three=(0.93, 0.90, 0.95)), diversity=80.0))
     assert found["CNN accuracy"] == "reproduced" and found["EfficientNetV2B3 accuracy"] == "reproduced"
     assert found["detectors fail on an unseen generator"] == "reproduced"
-    assert found["adding its fakes fixes that"] == "reproduced"
-    assert found["you can't have it both ways"] == "reproduced"
+    assert found["adding its fakes fixes that (efficientnet_3class)"] == "reproduced"
+    assert found["you can't have it both ways (efficientnet_3class)"] == "reproduced"
 
 
 def test_a_run_that_has_it_both_ways_contradicts_the_study():
     found = verdicts(claims(*records(cnn_dcgan=0.95, eff_dcgan=0.97, three=(0.97, 0.97, 0.97)), diversity=80.0))
-    assert found["you can't have it both ways"] == "contradicted"
+    assert found["you can't have it both ways (efficientnet_3class)"] == "contradicted"
     assert found["detectors fail on an unseen generator"] == "contradicted"
+
+
+def test_every_3class_model_gets_its_claims_and_the_warnings_are_quoted():
+    evaluate, cross, params, train = records(three=(0.93, 0.90, 0.95))
+    cross["scores"]["fast"] = {"real": source(0.94), "sd_fake": source(0.93), "dcgan_fake": source(0.0)}
+    cross["scores"]["fast_3class"] = {"real": source(0.96), "sd_fake": source(0.95), "dcgan_fake": source(0.99)}
+    cross["unseen_generator"] = {"fast": {"dcgan_fake": {"share_fake_or_ood": 0.62}}}
+    found = {c.claim: c for c in claims(evaluate, cross, params, train, diversity=80.0)}
+    assert found["3-class accuracy (fast_3class)"].verdict == "reproduced"
+    assert found["you can't have it both ways (fast_3class)"].verdict == "contradicted"  # 0.95 >= 0.93: both ways
+    assert found["you can't have it both ways (efficientnet_3class)"].verdict == "reproduced"
+    assert "fast 0.62" in found["detectors fail on an unseen generator"].why
 
 
 def test_a_collapsed_dcgan_reproduces_nothing_that_rests_on_it():

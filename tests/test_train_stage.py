@@ -47,7 +47,9 @@ def only_run(uri, stage):
     return client, runs[0]
 
 
-@pytest.mark.parametrize("name", ["cnn", "efficientnet", "resnet50", "efficientnet_3class", "fast", "fast_robust"])
+@pytest.mark.parametrize(
+    "name", ["cnn", "efficientnet", "resnet50", "efficientnet_3class", "fast", "fast_robust", "fast_3class"]
+)
 def test_build_every_model_from_params(tmp_path, name):
     params = load_params(write_params(tmp_path, tiny_params()).params)
     classes = 3 if name.endswith("3class") else 2
@@ -63,8 +65,8 @@ def test_repo_fast_model_fits_its_parameter_budget(tmp_path):
     small = dataclasses.replace(spec, max_parameters=model.count_params() - 1)
     with pytest.raises(ParamsError, match=r"models.fast: the network has [\d,]+ parameters, over models.fast.max_"):
         build_classifier("fast", small, input_shape=(32, 32, 3), num_classes=2, seed=0)
-    with pytest.raises(ParamsError, match="models.fast.architecture: fast has one sigmoid output"):
-        build_classifier("fast", spec, input_shape=(32, 32, 3), num_classes=3, seed=0)
+    three = build_classifier("fast", spec, input_shape=(32, 32, 3), num_classes=3, seed=0)  # fast_3class: softmax
+    assert three.output_shape == (None, 3) and three.layers[-2].activation.__name__ == "softmax"
     odd_block = dataclasses.replace(spec, space_to_depth=3)
     with pytest.raises(ParamsError, match="models.fast.space_to_depth: 3 does not divide the 32x32 images"):
         build_classifier("fast", odd_block, input_shape=(32, 32, 3), num_classes=2, seed=0)
@@ -254,24 +256,30 @@ def test_three_class_splits_keep_dcgan_validation_apart():
     assert not (val_dcgan | mirrored) & train_dcgan
 
 
-@pytest.mark.slow  # the end-to-end test runs train_3class too and checks the same counts
-def test_train_3class_stage(tmp_path, mlflow_uri):
+def train_3class_args(tmp_path, model: str):
+    args = write_params(tmp_path, tiny_params())
+    args.model = model
+    return args
+
+
+def test_train_3class_stage_trains_the_fast_detector_with_three_classes(tmp_path, mlflow_uri):
     write_prepared(tmp_path)
     generated = tmp_path / "data/generated"
     generated.mkdir(parents=True)
     rng = np.random.default_rng(3)
     np.savez(generated / "train.npz", images=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8))
-    args = write_params(tmp_path, tiny_params())
-    train_3class_stage.main(ProjectPaths(tmp_path), args)
-    summary = json.loads((tmp_path / "metrics/train/efficientnet_3class.json").read_text())
+    train_3class_stage.main(ProjectPaths(tmp_path), train_3class_args(tmp_path, "fast_3class"))
+    summary = json.loads((tmp_path / "metrics/train/fast_3class.json").read_text())
     assert summary["train_images"] == 64 + 18 * 3  # prepared train + 18 DCGAN train images with rot90, hflip copies
-    model = load_model(tmp_path / "models/efficientnet_3class.keras", rebuild_with="x")
+    model = load_model(tmp_path / "models/fast_3class.keras", rebuild_with="x")
     assert model.output_shape == (None, 3)
     _, run = only_run(mlflow_uri, "train_3class")
-    assert run.data.metrics["images.train.dcgan_fake"] == 54
+    assert run.data.tags["images.train.dcgan_fake"] == "54"
+    with pytest.raises(ParamsError, match="train_3class.models: 'fast' is not listed"):
+        train_3class_stage.main(ProjectPaths(tmp_path), train_3class_args(tmp_path, "fast"))
 
 
 def test_train_3class_without_generated_images(tmp_path, mlflow_uri):
     write_prepared(tmp_path)
     with pytest.raises(DataError, match=r"generated/train\.npz: DCGAN images not found.*dvc repro generate"):
-        train_3class_stage.main(ProjectPaths(tmp_path), write_params(tmp_path, tiny_params()))
+        train_3class_stage.main(ProjectPaths(tmp_path), train_3class_args(tmp_path, "efficientnet_3class"))

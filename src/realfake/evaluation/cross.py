@@ -150,3 +150,38 @@ def confusion_by_kind(scores: Mapping[str, dict], *, class_names: Sequence[str])
             raise ValueError(f"source {source!r} holds {score['true_kind']!r}, not one of the classes {names}")
         matrix[names.index(score["true_kind"])] += [score["predicted_counts"][name] for name in names]
     return matrix.tolist()
+
+
+def warning_shares(p_fake: np.ndarray, ood_scores: np.ndarray, *, threshold: float, cutoff: float) -> dict:
+    """How often a detector warns on one source: called fake (P(fake) >= threshold), flagged out of distribution
+    (OOD score > cutoff), and either, as shares of the source's images."""
+    fake, outside = np.asarray(p_fake) >= threshold, np.asarray(ood_scores) > cutoff
+    if fake.shape != outside.shape or fake.ndim != 1 or not len(fake):
+        raise ValueError(f"need one P(fake) and one OOD score per image, got {fake.shape} and {outside.shape}")
+    return {
+        "n": len(fake),
+        "share_called_fake": float(fake.mean()),
+        "share_flagged_ood": float(outside.mean()),
+        "share_fake_or_ood": float((fake | outside).mean()),
+    }
+
+
+def warnings_by_source(
+    model: keras.Model,
+    info,
+    sources: Mapping[str, tuple[str, np.ndarray]],
+    *,
+    batch_size: int,
+    threshold: float,
+) -> dict[str, dict]:
+    """A binary detector's `warning_shares` on every source, with its out-of-distribution statistics `info`
+    (models.detector.DetectorInfo): whether it at least warns on a generator it never saw."""
+    from realfake.evaluation import ood
+    from realfake.evaluation.scoring import p_fake
+
+    out = {}
+    for name, (_, images) in sources.items():
+        scores = p_fake(predict_proba(model, images, batch_size=batch_size))
+        distances = ood.scores(ood.embed(model, images, batch_size=batch_size), info.ood_means, info.ood_precision)
+        out[name] = warning_shares(scores, distances, threshold=threshold, cutoff=info.ood_cutoff)
+    return out

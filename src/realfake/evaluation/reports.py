@@ -98,23 +98,51 @@ def robustness_text(by_model: Mapping[str, Mapping], *, computed_on: str, thresh
 
 
 def cross_evaluation_text(
-    scores: dict, confusion: dict, *, threshold: float, confidence: float, three: str, files: list[str]
+    scores: dict, confusion: dict, warnings: dict, *, threshold: float, confidence: float, files: list[str]
 ) -> str:
-    """reports/cross_evaluate.md: what was scored and how, the share-correct table, the 3-class confusion."""
-    binary = ", ".join(name for name in scores if name != three)
-    return (
+    """reports/cross_evaluate.md: what was scored and how, the share-correct table, the binary detectors' warnings
+    per source (the unseen-generator column), and each 3-class model's confusion."""
+    binary = ", ".join(name for name in scores if name not in confusion)
+    three = ", ".join(confusion)
+    text = (
         "# Cross-evaluation: every classifier on every test source\n\n"
         f"Share of each source's images a model gets right, its {confidence:.0%} Wilson interval, and the "
         "number of images. Sources: `real` and `sd_fake` are CIFAKE's test split (real photos and Stable "
         f"Diffusion fakes, {files[0]}); `dcgan_fake` are the DCGAN's test fakes "
         f"({files[1]}), a kind of fake the binary models never saw in training.\n\n"
         f'"Correct" for a binary model ({binary}) means P(fake) >= {threshold} on a fake of either kind and '
-        f"P(fake) < {threshold} on a real image; for the 3-class model ({three}) it means the most probable "
+        f"P(fake) < {threshold} on a real image; for a 3-class model ({three}) it means the most probable "
         "class is exactly the source's kind (real, sd_fake or dcgan_fake).\n\n"
         + cross_evaluation_table(scores)
-        + f"\n## {three}: confusion matrix over all sources\n\n"
-        + confusion_table(confusion["matrix"], confusion["labels"])
+        + "\n## Does a binary detector at least warn on an unseen generator?\n\n"
+        f"Share of each source's images a detector calls fake (P(fake) >= {threshold}) *or* flags out of "
+        "distribution (OOD score above its cutoff, the `detector.ood_percentile` of validation scores), and in "
+        "brackets the share flagged out of distribution alone. On `dcgan_fake` higher is better (a warning); on "
+        "`real` it is the false-alarm rate of the same rule.\n\n" + warnings_table(warnings)
     )
+    for name, matrix in confusion.items():
+        text += f"\n## {name}: confusion matrix over all sources\n\n" + confusion_table(
+            matrix["matrix"], matrix["labels"]
+        )
+    return text
+
+
+def warnings_table(warnings: Mapping[str, Mapping[str, dict]]) -> str:
+    """Markdown: one row per binary detector, one column per source: share called fake or OOD (share OOD)."""
+    sources = list(dict.fromkeys(source for by_source in warnings.values() for source in by_source))
+    rows = [
+        "| model | " + " | ".join(sources) + " |",
+        "|---|" + "---|" * len(sources),
+    ]
+    for model, by_source in warnings.items():
+        cells = [
+            f"{by_source[s]['share_fake_or_ood']:.3f} ({by_source[s]['share_flagged_ood']:.3f})"
+            if s in by_source
+            else "-"
+            for s in sources
+        ]
+        rows.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
 
 
 def model_card(card: Mapping) -> str:

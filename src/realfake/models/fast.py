@@ -26,10 +26,12 @@ def build_fast(
     flip_tta: bool,
     tta_max_shift: int,
     seed: int,
+    num_classes: int = 2,
 ) -> keras.Model:
     """Rescale to [-1, 1]; with `space_to_depth` > 1, rearrange each block of that many pixels squared into
     channels; per stage [Conv3x3 - BatchNorm - ReLU] x convs_per_stage, then 2x2 max-pool between
-    stages; global average pool, dropout, Dense(1, sigmoid) = P(fake).
+    stages; global average pool, dropout, Dense(1, sigmoid) = P(fake); with `num_classes` > 2, Dense(num_classes,
+    softmax) = the class probabilities.
 
     Takes uint8-valued pixels 0..255. With `flip_tta`, inference (not training) scores every image and its
     mirror image in one batch and averages the probabilities; with `tta_max_shift` > 0 also every whole-pixel
@@ -55,7 +57,9 @@ def build_fast(
     head = [
         layers.GlobalAveragePooling2D(),
         layers.Dropout(dropout, seed=seed),
-        layers.Dense(1, activation="sigmoid", name="p_fake"),
+        layers.Dense(1, activation="sigmoid", name="p_fake")
+        if num_classes == 2
+        else layers.Dense(num_classes, activation="softmax", name="probabilities"),
     ]
     stack, mean = [], []
     if flip_tta or tta_max_shift:

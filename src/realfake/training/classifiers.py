@@ -60,11 +60,9 @@ def build_classifier(
     if isinstance(spec, ResNetParams):
         return build_resnet50(
             input_shape=input_shape, num_classes=num_classes, weights=spec.weights, dense_units=spec.dense_units,
-            dropout=spec.dropout, seed=seed, params_key=f"{key}.weights",
+            dropout=spec.dropout, seed=seed, params_key=f"{key}.weights", batchnorm_momentum=spec.batchnorm_momentum,
         )  # fmt: skip
     if isinstance(spec, FastParams):
-        if num_classes != 2:
-            raise ParamsError(f"{key}.architecture: fast has one sigmoid output (binary); use efficientnet or resnet50")
         if input_shape[0] % spec.space_to_depth or input_shape[1] % spec.space_to_depth:
             raise ParamsError(
                 f"{key}.space_to_depth: {spec.space_to_depth} does not divide the {input_shape[0]}x{input_shape[1]} "
@@ -78,7 +76,7 @@ def build_classifier(
         model = build_fast(
             input_shape=input_shape, stage_filters=spec.stage_filters, convs_per_stage=spec.convs_per_stage,
             space_to_depth=spec.space_to_depth, dropout=spec.dropout, flip_tta=spec.flip_tta,
-            tta_max_shift=spec.tta_max_shift if test_time_shifts else 0, seed=seed,
+            tta_max_shift=spec.tta_max_shift if test_time_shifts else 0, seed=seed, num_classes=num_classes,
         )  # fmt: skip
         if model.count_params() > spec.max_parameters:
             raise ParamsError(
@@ -166,6 +164,7 @@ def train_classifier(
         mode=train_params.monitor_mode,
         early_stopping_patience=train_params.early_stopping_patience,
         max_train_minutes=spec.max_train_minutes,
+        validate_every_steps=spec.validate_every_steps,
         test_curve=curve,
         extra_callbacks=extra_callbacks,
     )
