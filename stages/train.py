@@ -31,7 +31,7 @@ def train_as_worker(paths, params, name: str, placement) -> None:
 
 def main(paths, args) -> None:
     name = args.model
-    params = load_params(args.params, sections=["base", "train", "detector", "evaluate", f"models.{name}"])
+    params = load_params(args.params, sections=["base", "train", "detector", f"models.{name}"])
     placement = distribute.start(params.train.strategy)  # before any other backend work
     if not placement.chief:
         train_as_worker(paths, params, name, placement)
@@ -52,9 +52,8 @@ def main(paths, args) -> None:
         distribute.stop(placement)  # the other processes are done; the rest happens here alone
         summary = train_summary(result, result.model, train_images=len(train.labels), val_images=len(val.labels))
         model, detector, summary["detector"] = fit_detector(
-            result.model, train, val, params=params.detector, bins=params.evaluate.calibration_bins,
-            batch_size=params.evaluate.batch_size, seed=params.base.seed,
-        )  # fmt: skip
+            result.model, train, val, params=params.detector, seed=params.base.seed
+        )
         publish(
             paths, name=name, result=result, model=model, summary=summary, detector=detector, state_dir=state_dir,
             registered_name=f"{params.base.registered_model_prefix}{name}", class_names=train.class_names,

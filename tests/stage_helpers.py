@@ -29,9 +29,10 @@ def tiny_params(**overrides) -> dict:
         run_eagerly=True, monitor="val_accuracy", monitor_mode="max", early_stopping_patience=None, strategy="auto"
     )  # fmt: skip  (eager: tracing EfficientNetV2B3 costs about a minute)
     params["detector"].update(calibration="temperature", operating_fprs=[0.01, 0.05], ood_percentile=99,
-                              ood_max_images=200)  # fmt: skip
+                              ood_max_images=200, calibration_bins=15, batch_size=64)  # fmt: skip
     for spec in params["models"].values():
-        spec.update(epochs=1, batch_size=16, warmup_epochs=0, max_train_minutes=None, test_curve=False, degrade=[])
+        spec.update(epochs=1, batch_size=16, warmup_epochs=0, max_train_minutes=None, validate_every_steps=None,
+                    test_curve=False, degrade=[])  # fmt: skip
         if spec["architecture"] == "fast":
             spec.update(stage_filters=[4, 8], convs_per_stage=1, tta_max_shift=0, flip_tta=True, max_shift=2)
         if "weights" in spec:  # transfer models: an eager step costs seconds whatever the batch: one per epoch
@@ -45,9 +46,10 @@ def tiny_params(**overrides) -> dict:
     params["evaluate"].update(n_bootstrap=50, batch_size=64, threshold=0.5, confidence=0.95, ood_photo_crops=20)
     params["explain"].update(per_cell=2, candidates=400)  # Grad-CAM of 8 images per model, not 16
     params["dcgan"].update(noise_dim=8, dense_filters=8, g_filters=[8, 4], d_filters=[4, 8], epochs=1,
-                           batch_size=16, sample_every=1, sample_grid=2, max_images=None)  # fmt: skip
+                           batch_size=16, sample_every=1, sample_grid=2, max_images=None, max_train_minutes=None,
+                           precision="float32", quality_images=16, quality_model="fast")  # fmt: skip
     params["generate"].update(n_train=40, n_test=20, batch_size=16, jpeg_quality=75, jpeg_subsampling="4:2:0")
-    params["train_3class"].update(model="efficientnet_3class", val_fraction=0.1)
+    params["train_3class"].update(models=["efficientnet_3class", "fast_3class"], val_fraction=0.1)
     params["robustness"].update(max_images=None, perturbations=["jpeg 50", "downscale 2", "blur 1", "noise 5",
                                                                 "downscale 2 + jpeg 75"])  # fmt: skip
     for section, values in overrides.items():

@@ -91,6 +91,18 @@ def test_committed_params_are_valid(tmp_path):
             lambda p: p["models"]["fast"].update(tta_max_shift=-1),
             r"models.fast.tta_max_shift: must be >= 0 pixels \(0 = no shifted views\), got -1",
         ),
+        # non-finite and absurd numbers: refused before any work, not a nan loss or a TensorFlow traceback later
+        (lambda p: p["models"]["fast"].update(learning_rate=float("nan")), r"models.fast.learning_rate: must be a finite"),
+        (lambda p: p["detector"].update(ood_percentile=float("inf")), r"detector.ood_percentile: must be a finite"),
+        (lambda p: p["models"]["fast"].update(epochs=10**30), r"models.fast.epochs: .* out of range; use at most"),
+        (lambda p: p["models"]["cnn"].update(epochs=200_000), r"models.cnn.epochs: must be at most 100000"),
+        (lambda p: p["models"]["fast"].update(learning_rate=5.0), r"models.fast.learning_rate: must be at most 1"),
+        (lambda p: p["dcgan"].update(max_train_minutes=1e9), r"dcgan.max_train_minutes: must be at most 10080"),
+        (lambda p: p["models"]["fast"].update(validate_every_steps=0), r"models.fast.validate_every_steps: must be"),
+        (lambda p: p["dcgan"].update(beta_1=1.0), r"dcgan.beta_1: must be in \[0, 1\)"),
+        (lambda p: p["dcgan"].update(precision="fp8"), r"dcgan.precision: 'fp8' is not allowed"),
+        (lambda p: p["train_3class"].update(models=[]), r"train_3class.models: list one or more distinct"),
+        (lambda p: p["models"]["resnet50"].update(batchnorm_momentum=1.0), r"batchnorm_momentum: must be in \[0, 1\)"),
     ],
 )
 def test_bad_values_are_named(tmp_path, mutate, message):
@@ -130,6 +142,9 @@ def test_missing_and_broken_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("base: [unclosed")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(tmp_path / "bad.yaml")
+    (tmp_path / "latin1.yaml").write_bytes("base: {seed: 42}  # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ParamsError, match=r"latin1.yaml: not UTF-8 text \(byte 23\); save it as UTF-8"):
+        load_params(tmp_path / "latin1.yaml")
 
 
 def test_flatten():

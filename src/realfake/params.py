@@ -7,6 +7,7 @@ before any stage does work.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -17,11 +18,13 @@ from ruamel.yaml import YAML, YAMLError
 from realfake.data.perturb import Degradation, Perturbation
 from realfake.errors import ParamsError
 
-DATA_SOURCES = ("auto", "kaggle", "archive")
 AUGMENTATIONS = ("rot90", "hflip")  # pixel-exact image symmetries (data.prepare and data.transforms implement them)
 STRATEGIES = ("auto", "default", "mirrored", "data_parallel")
 OPTIMIZERS = ("adam", "adamax", "adamw", "sgd")
 SCHEDULES = ("constant", "warmup_cosine")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16")  # auto = mixed_bfloat16 on CPUs with AMX or AVX512-BF16
+MAX_INT = 10**9  # no count of this pipeline (images, epochs, steps) comes near it; larger is a typo
+MAX_MINUTES = 7 * 24 * 60.0  # a training budget over a week is a typo
 
 
 # ----------------------------------------------------------------------------- generic dataclass loading
@@ -55,8 +58,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return load_section(tp, value, key)
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):  # nan trains at loss nan, inf overflows: refuse both before any work
+            raise ParamsError(f"{key}: must be a finite number, got {value!r}")
         return float(value)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > MAX_INT:
+            raise ParamsError(f"{key}: {value} is out of range; use at most {MAX_INT:,}")
         return value
     if tp in (str, bool) and isinstance(value, tp):
         return value
@@ -87,6 +94,12 @@ def require_positive(key: str, **values: float) -> None:
     for name, value in values.items():
         if value is not None and value <= 0:
             raise ParamsError(f"{key}.{name}: must be greater than 0, got {value}")
+
+
+def require_at_most(key: str, limit: float, **values: float) -> None:
+    for name, value in values.items():
+        if value is not None and value > limit:
+            raise ParamsError(f"{key}.{name}: must be at most {limit:g}, got {value}")
 
 
 def require_fraction(key: str, **values: float) -> None:
@@ -177,14 +190,18 @@ class _Fit:
     max_shift: int  # on the fly: random whole-pixel translations up to this far in y and x (0 = none)
     jit_compile: Literal["auto", True, False]  # XLA for the train step; per model: it speeds some up, slows others
     degrade: tuple[Degradation, ...]  # on the fly, per image: random JPEG / downscale / blur / noise, in order
-    max_train_minutes: float | None  # stop before an epoch that would end past this much training time
+    max_train_minutes: float | None  # stop before a validation round that would end past this much training time
+    validate_every_steps: int | None  # validate (and check the budget) every this many steps; None = every epoch
     test_curve: bool  # score the test split after every epoch for the accuracy-against-time plot; never selects
 
     def validate(self, key: str) -> None:
         require_positive(
             key, epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
-            max_train_minutes=self.max_train_minutes,
+            max_train_minutes=self.max_train_minutes, validate_every_steps=self.validate_every_steps,
         )  # fmt: skip
+        require_at_most(key, MAX_MINUTES, max_train_minutes=self.max_train_minutes)
+        require_at_most(key, 100_000, epochs=self.epochs)
+        require_at_most(key, 1.0, learning_rate=self.learning_rate)
         for i, degradation in enumerate(self.degrade):
             try:
                 degradation.check()
@@ -234,10 +251,11 @@ class ResNetParams(_Fit):
     weights: Literal["imagenet"] | None
     dense_units: int
     dropout: float
+    batchnorm_momentum: float  # the backbone's BatchNorm moving-average momentum (Keras' default: 0.99)
 
     def validate(self, key: str) -> None:
         super().validate(key)
-        require_fraction(key, dropout=self.dropout)
+        require_fraction(key, dropout=self.dropout, batchnorm_momentum=self.batchnorm_momentum)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +311,7 @@ class EvaluateParams:
             key, batch_size=self.batch_size, n_bootstrap=self.n_bootstrap, roc_max_points=self.roc_max_points,
             calibration_bins=self.calibration_bins, ood_photo_crops=self.ood_photo_crops,
         )  # fmt: skip
+        require_at_most(key, 1_000_000, n_bootstrap=self.n_bootstrap)
         require_fraction(key, threshold=self.threshold, confidence=self.confidence)
 
 
@@ -305,15 +324,25 @@ class DcganParams:
     kernel_size: int
     dropout: float
     learning_rate: float
+    beta_1: float  # Adam's first-moment decay for both networks
     epochs: int
     batch_size: int
+    max_train_minutes: float | None  # stop before an epoch that would end past this much training time
+    precision: Literal["auto", "float32", "mixed_bfloat16"]
     sample_every: int
     sample_grid: int
     max_images: int | None
+    quality_images: int  # generated and real test images per Frechet distance
+    quality_model: str  # the models.<name> whose penultimate features the Frechet distance is measured in
 
     def validate(self, key: str) -> None:
+        require_fraction(key, beta_1=self.beta_1)
+        require_at_most(key, MAX_MINUTES, max_train_minutes=self.max_train_minutes)
+        require_at_most(key, 100_000, epochs=self.epochs)
         require_positive(
             key,
+            max_train_minutes=self.max_train_minutes,
+            quality_images=self.quality_images,
             max_images=self.max_images,
             noise_dim=self.noise_dim,
             dense_filters=self.dense_filters,
@@ -345,10 +374,14 @@ class GenerateParams:
 
 @dataclasses.dataclass(frozen=True)
 class ThreeClassParams:
-    model: str  # a models.<name> section
+    models: tuple[str, ...]  # the models.<name> sections trained with three classes (stage train_3class@<name>)
     val_fraction: float
 
     def validate(self, key: str) -> None:
+        if not self.models or len(set(self.models)) != len(self.models):
+            raise ParamsError(
+                f"{key}.models: list one or more distinct models.<name> sections, got {list(self.models)}"
+            )
         require_fraction(key, val_fraction=self.val_fraction)
         if self.val_fraction == 0:
             raise ParamsError(f"{key}.val_fraction: must be > 0 (model selection needs a validation split)")
@@ -385,8 +418,11 @@ class DetectorParams:
     operating_fprs: tuple[float, ...]  # false-positive rates on validation reals to store thresholds for
     ood_percentile: float  # validation images above this percentile of the OOD score are called out of distribution
     ood_max_images: int  # train images the OOD statistics are fitted on (a seeded sample)
+    calibration_bins: int  # equal-width bins of the expected calibration error reported at fitting
+    batch_size: int  # images per inference batch while fitting
 
     def validate(self, key: str) -> None:
+        require_positive(key, calibration_bins=self.calibration_bins, batch_size=self.batch_size)
         for rate in self.operating_fprs:
             if not 0 < rate < 1:
                 raise ParamsError(f"{key}.operating_fprs: each rate must be in (0, 1), got {rate}")
@@ -452,9 +488,11 @@ def load_params(path: Path, sections: typing.Iterable[str] | None = None) -> Par
     try:
         # YAML 1.2, as DVC reads and writes it: `dvc exp run -S` rewrites params.yaml and drops the quotes of
         # strings such as "4:2:0", which a YAML 1.1 reader (PyYAML) would take for the base-60 integer 14520.
-        raw = YAML(typ="safe", pure=True).load(Path(path).read_text())
+        raw = YAML(typ="safe", pure=True).load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ParamsError(f"{path}: params file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

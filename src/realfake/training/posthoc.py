@@ -24,12 +24,10 @@ def fit_detector(
     val: Split,
     *,
     params: DetectorParams,
-    bins: int,
-    batch_size: int,
     seed: int,
 ) -> tuple[keras.Model, DetectorInfo, dict]:
-    """(the model with its `Calibration` layer, the detector's extras, a report of what was fitted and how well);
-    `bins` is the number of calibration-error bins."""
+    """(the model with its `Calibration` layer, the detector's extras, a report of what was fitted and how well)."""
+    bins, batch_size = params.calibration_bins, params.batch_size
     raw = p_fake(predict_proba(model, val.images, batch_size=batch_size))
     temperature = calibration.fit_temperature(raw, val.labels) if params.calibration == "temperature" else 1.0
     scores = calibration.apply_temperature(raw, temperature)
