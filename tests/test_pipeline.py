@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from stage_helpers import copy_repo, sh
 
 ALL_BINARY = ("cnn", "efficientnet", "resnet50", "fast", "fast_robust")
+THREE_CLASS = ("efficientnet_3class", "fast_3class")
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def keep_models(work, env, keep: tuple[str, ...]) -> None:
 
     pipeline = yaml.safe_load((work / "dvc.yaml").read_text())
     for stage in pipeline["stages"].values():
-        if "matrix" in stage:
+        if "matrix" in stage and set(stage["matrix"]["model"]) <= set(ALL_BINARY):  # not train_3class's
             stage["matrix"]["model"] = list(keep)
         stage["deps"] = [d for d in stage["deps"] if not mentions(d)]
     plots = []
@@ -61,11 +62,12 @@ def check_outputs(work, binary):
     with np.load(work / "data/prepared/train.npz") as train:
         assert train["images"].shape == (96, 32, 32, 3) and train["images"].dtype == np.uint8
 
-    trained = (*binary, "efficientnet_3class")
+    trained = (*binary, *THREE_CLASS)
     for name in (*trained, "dcgan_generator"):
         assert (work / "models" / f"{name}.keras").is_file(), name
     for name in binary:
         assert (work / "models" / f"{name}.detector.npz").is_file(), name
+        assert (work / "models" / f"{name}.onnx").is_file(), name  # export@<model>
         report = json.loads((work / f"metrics/evaluate/{name}.json").read_text())
         assert report["n"] == 48 and 0 <= report["accuracy"] <= 1
         assert 0 <= report["calibration"]["ece"] <= 1 and set(report["operating_points"]) == {"fpr_0.01", "fpr_0.05"}
@@ -83,6 +85,15 @@ def check_outputs(work, binary):
     assert set(cross["scores"]) == set(trained)
     assert all(set(by_source) == {"real", "sd_fake", "dcgan_fake"} for by_source in cross["scores"].values())
     assert cross["scores"]["cnn"]["dcgan_fake"]["n"] == 20 and cross["scores"]["cnn"]["real"]["n"] == 24
+    assert set(cross["confusion"]) == set(THREE_CLASS) and set(cross["unseen_generator"]) == set(binary)
+    assert 0 <= cross["unseen_generator"]["cnn"]["dcgan_fake"]["share_fake_or_ood"] <= 1
+    quality = json.loads((work / "metrics/dcgan.json").read_text())["quality"]
+    assert {
+        "frechet_distance",
+        "frechet_distance_untrained",
+        "frechet_distance_real_vs_real",
+        "diversity_ratio",
+    } <= set(quality)
     assert "robust accuracy" in (work / "reports/robustness.md").read_text()
     for name in binary:
         assert (work / f"plots/explain/{name}.png").read_bytes()[:4] == b"\x89PNG", name
@@ -95,13 +106,16 @@ def check_tracking(uri, binary):
     runs = client.search_runs([exp.experiment_id])
     stage_runs = [r for r in runs if r.data.tags.get("realfake.kind") != "pipeline"]
     [parent] = [r for r in runs if r.data.tags.get("realfake.kind") == "pipeline"]  # one `dvc repro`, one parent
-    per_model = ["train", "evaluate", "explain"] * len(binary)
-    once = ["download", "prepare", "train_dcgan", "generate", "train_3class", "cross_evaluate", "robustness_report"]
+    per_model = ["train", "evaluate", "explain", "export"] * len(binary)
+    once = ["download", "prepare", "train_dcgan", "generate", "train_3class", "train_3class", "cross_evaluate",
+            "robustness_report"]  # fmt: skip
     assert sorted(r.data.tags["stage"] for r in stage_runs) == sorted(per_model + once)
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in stage_runs)
     assert all(r.info.status == "FINISHED" for r in runs)
     registered = {m.name for m in client.search_registered_models()}
-    assert registered == {f"realfake-{name}" for name in (*binary, "efficientnet_3class")}  # every train stage
+    assert registered == {f"realfake-{name}" for name in (*binary, *THREE_CLASS)} | {
+        f"realfake-{name}-onnx" for name in binary
+    }  # every train stage, and every export in MLflow's onnx flavour
     champion = client.get_model_version_by_alias("realfake-fast", "champion")
     assert "test_accuracy" in champion.tags  # evaluate tagged the version it scored
     [train_fast] = [r for r in stage_runs if r.info.run_name == "train@fast"]
