@@ -95,3 +95,14 @@ def test_serving_imports_nothing_from_the_pipeline():
     for path in (SRC / "realfake" / "serving").rglob("*.py"):
         imported = _imported(path, "realfake.serving")
         assert not [n for n in imported if n.startswith("realfake.pipeline")], f"{path.name} imports the pipeline"
+
+
+def test_models_survive_a_failed_or_interrupted_stage():
+    """DVC deletes a stage's outputs before running it unless they are `persist`; every model file is, so a stage that
+    fails or is interrupted leaves the last good model in place (stages replace their outputs atomically)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        for out in stage.get("outs", []):
+            path, spec = (out, {}) if isinstance(out, str) else next(iter(out.items()))
+            if path.startswith("models/"):
+                assert spec.get("persist") is True, f"dvc.yaml stage {name!r}: make {path} persist: true"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.abc
 import importlib.util
 import logging
@@ -87,6 +88,24 @@ def _run_ending() -> str:
             "reaches the store marks it FAILED")  # fmt: skip
 
 
+def _file_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _check_params_unchanged(path: Path, before: str | None) -> None:
+    """A second `dvc exp run` in the same workspace rewrites params.yaml while this stage runs; DVC would then record
+    the new values in dvc.lock for outputs made with the old ones. Failing the stage keeps that wrong record out."""
+    if _file_digest(path) != before:
+        raise RealfakeError(
+            f"{path} changed while this stage ran (another `dvc exp run` in this workspace?): its outputs were made "
+            "with the values read at its start, so it fails rather than let DVC record the new ones. Run experiments "
+            "one at a time in a workspace, or side by side with `dvc exp run --queue` or `make exp` (temporary copies)"
+        )
+
+
 def run(
     main: Callable[[ProjectPaths, argparse.Namespace], None],
     *,
@@ -108,8 +127,10 @@ def run(
     args = parse_args(description, root, extra_args)
     label = Path(script).stem + (f"@{args.model}" if isinstance(getattr(args, "model", None), str) else "")
     started, outcome = time.monotonic(), "failed"
+    params_before = _file_digest(args.params)
     try:
         main(ProjectPaths(root), args)
+        _check_params_unchanged(args.params, params_before)
         outcome = "done"
     except RealfakeError as exc:
         log.error("%s", exc)
