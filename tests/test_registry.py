@@ -1,6 +1,7 @@
 """The MLflow model registry: what the train stages register, loaded back as a pyfunc and served over HTTP."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -314,3 +316,15 @@ def test_an_onnx_export_registers_with_the_onnx_flavour_and_serves_without_tenso
     want = keras_outputs(model, images)
     np.testing.assert_allclose(got["p_fake"], want["p_fake"], atol=1e-5)
     assert got["features"].shape == want["features"].shape
+
+
+def test_registering_a_model_prints_none_of_mlflows_notices(tmp_path, mlflow_uri, capfd, caplog):
+    _, path = saved_model(tmp_path / "models", "quiet", seed=1)
+    with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        register(path, val_accuracy=0.7, root=tmp_path)
+    printed = {"stderr": capfd.readouterr().err, "log": caplog.text, "warnings": " ".join(f"{w.filename}:{w.lineno} {w.message}" for w in caught)}
+    for notice in ("Add type hints", "CloudPickle", "Validating input example", "Successfully registered",
+                   "Downloading artifacts"):  # fmt: skip
+        assert not [where for where, text in printed.items() if notice in text], (notice, printed["warnings"][:3000])
+    assert "registered" in caplog.text  # the stage's own line stays

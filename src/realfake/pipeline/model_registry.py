@@ -13,11 +13,14 @@ data, set the alias by hand (`MlflowClient().set_registered_model_alias(name, "c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -85,6 +88,57 @@ def data_facts(root: Path, *, val_images: int | None = None) -> dict[str, str]:
             VAL_IMAGES: str(val), "data.test_images": str(sizes.get("test"))}  # fmt: skip
 
 
+REGISTRY_NOTICES = ("Successfully registered model", "Created version", "Registered model ")
+
+
+@contextlib.contextmanager
+def _without_type_hint_notice():
+    """Drop MLflow's hint to add type hints to a PythonModel's `predict` (DetectorModel's signature is given
+    explicitly). MLflow raises it under its own `simplefilter("once")`, which overrides any filter of ours, so the
+    notice is dropped where warnings are shown."""
+    shown = warnings.showwarning
+
+    def show(message, category, *args, **kwargs):
+        if "Add type hints to the `predict` method" not in str(message):
+            shown(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
+@contextlib.contextmanager
+def quiet_mlflow_logging():
+    """MLflow's notices while it logs and registers a model (a CloudPickle caution, a type-hint hint for a model whose
+    signature is given, input-example validation, "Successfully registered", artifact progress bars) say nothing
+    the stage's own line does not: keep its warnings and errors only."""
+    names = ("mlflow.pyfunc", "mlflow.models", "mlflow.tracking._model_registry", "mlflow.store.artifact")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    captured = io.StringIO()
+    try:
+        with warnings.catch_warnings(), _without_type_hint_notice(), contextlib.redirect_stderr(captured):
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\..*)?")
+            for logger in loggers:
+                logger.setLevel(logging.WARNING)
+            logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)  # the CloudPickle caution is a WARNING
+            yield
+    finally:
+        for line in captured.getvalue().splitlines(keepends=True):  # MLflow prints its registry notices itself
+            if not line.startswith(REGISTRY_NOTICES):
+                sys.stderr.write(line)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
+
+
 def log_registered_model(
     model_file: Path,
     *,
@@ -117,9 +171,7 @@ def log_registered_model(
 
     import realfake
 
-    with warnings.catch_warnings():
-        # DetectorModel's signature is given explicitly below; MLflow's hint to infer it from type hints does not apply
-        warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
+    with _without_type_hint_notice():
         from realfake.serving import registry
 
     if isinstance(summary.get("best"), Mapping):
@@ -131,18 +183,19 @@ def log_registered_model(
         # realfake's code travels with the model (its custom layers); the shipped detector does not
         code = Path(tmp) / "realfake"
         shutil.copytree(Path(realfake.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "detector"))
-        info = _with_retries(
-            lambda: mlflow.pyfunc.log_model(
-                name="model",
-                python_model=registry.DetectorModel(class_names, batch_size),
-                artifacts=artifacts,
-                code_paths=[str(code)],
-                signature=registry.signature(image_shape, class_names),
-                input_example={registry.INPUT_NAME: np.zeros((1, *image_shape), np.uint8)},
-                pip_requirements=[f"{name}=={version(name)}" for name in SERVING_PACKAGES],
-                registered_model_name=registered_name,
+        with quiet_mlflow_logging():
+            info = _with_retries(
+                lambda: mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=registry.DetectorModel(class_names, batch_size),
+                    artifacts=artifacts,
+                    code_paths=[str(code)],
+                    signature=registry.signature(image_shape, class_names),
+                    input_example={registry.INPUT_NAME: np.zeros((1, *image_shape), np.uint8)},
+                    pip_requirements=[f"{name}=={version(name)}" for name in SERVING_PACKAGES],
+                    registered_model_name=registered_name,
+                )
             )
-        )
     client = MlflowClient()
     number = str(info.registered_model_version)
     values = metric_values(summary)
@@ -194,13 +247,14 @@ def log_registered_onnx(onnx_file: Path, *, registered_name: str, extra_artifact
     width, height = json.loads(meta["realfake.input_size"])
     dims = {o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
     signature = onnx_signature((height, width, 3), dims["probabilities"][-1], dims["features"][-1])
-    info = _with_retries(
-        lambda: mlflow.onnx.log_model(
-            model, name="model", signature=signature, registered_model_name=registered_name,
-            pip_requirements=[f"{name}=={version(name)}" for name in ONNX_SERVING_PACKAGES],
-            extra_files=[str(p) for p in (extra_artifacts or {}).values()] or None, save_as_external_data=False,
-        )
-    )  # fmt: skip
+    with quiet_mlflow_logging():
+        info = _with_retries(
+            lambda: mlflow.onnx.log_model(
+                model, name="model", signature=signature, registered_model_name=registered_name,
+                pip_requirements=[f"{name}=={version(name)}" for name in ONNX_SERVING_PACKAGES],
+                extra_files=[str(p) for p in (extra_artifacts or {}).values()] or None, save_as_external_data=False,
+            )
+        )  # fmt: skip
     client, number = MlflowClient(), str(info.registered_model_version)
     tags = {"model_sha256": file_sha256(onnx_file), "source_sha256": meta.get("realfake.source_sha256", ""),
             "run_id": mlflow.active_run().info.run_id}  # fmt: skip
