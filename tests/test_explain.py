@@ -118,9 +118,26 @@ def test_cli_writes_an_overlay(project, tmp_path, capsys):
     code = cli.main(["explain", str(image), "--model", str(paths.model_file("cnn")), "--output", str(output),
                      "--repo", str(paths.root)])  # fmt: skip
     assert code == 0
-    assert Image.open(output).size == (512, 256)  # the image and its overlay, 8x each
+    assert Image.open(output).width > 600  # three panels: the image, the overlay, the heatmap with its colour bar
     line = capsys.readouterr().out.strip().split("\t")
     assert line[0] == str(output) and line[1] == "fake" and line[2].startswith("P(fake) ")
+
+
+def test_cli_explains_several_images_and_skips_an_unreadable_one(project, tmp_path, capsys, monkeypatch):
+    paths, _ = project
+    monkeypatch.chdir(tmp_path)
+    for side in ("left", "right"):
+        Image.fromarray(half_checker_image(side)).save(tmp_path / f"{side}.png")
+    (tmp_path / "broken.jpg").write_text("not an image")
+    code = cli.main(["explain", "left.png", "broken.jpg", "right.png", "--model", str(paths.model_file("cnn")),
+                     "--repo", str(paths.root)])  # fmt: skip
+    assert code == 1  # as predict: some files skipped
+    out, err = capsys.readouterr()
+    assert [line.split("\t")[0] for line in out.splitlines()] == ["left.png.gradcam.png", "right.png.gradcam.png"]
+    assert (tmp_path / "right.png.gradcam.png").is_file() and "broken.jpg: not an image format" in err
+    assert cli.main(["explain", "left.png", "right.png", "--output", "x.png", "--model",
+                     str(paths.model_file("cnn"))]) == 2  # fmt: skip
+    assert "--output names one file" in capsys.readouterr().err
 
 
 def test_cli_reports_an_unreadable_image(project, tmp_path, capsys):

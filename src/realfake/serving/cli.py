@@ -114,14 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     explain = commands.add_parser(
         "explain",
         help="write a Grad-CAM heatmap of where a model looked in an image (loads TensorFlow)",
-        description="Grad-CAM of the predicted class: the image (resized as `predict` does) enlarged 8x, next to "
-        "it with the heatmap on top, as one PNG. Unlike predict, it needs the Keras model (a .keras file) and "
-        "loads TensorFlow: seconds to start and several hundred MB.",
+        description="Grad-CAM of the predicted class, one PNG per image: the image (resized as `predict` does), "
+        "the heatmap over it and alone with its colour bar, titled with the call and P(fake). Unlike predict, it "
+        "needs the Keras model (a .keras file) and loads TensorFlow: seconds to start and several hundred MB.",
     )
-    explain.add_argument("image", type=Path, metavar="IMAGE", help="an image file")
+    explain.add_argument("images", type=Path, nargs="+", metavar="IMAGE", help="image files")
     explain.add_argument("--model", help="a .keras file or an MLflow URI (default: as for predict)")
     explain.add_argument("--repo", type=Path, help="as for predict")
-    explain.add_argument("--output", type=Path, help="the PNG to write (default: IMAGE's name + .gradcam.png, here)")
+    explain.add_argument("--output", type=Path, help="the PNG to write, for one IMAGE (default: each IMAGE's name + "
+                         ".gradcam.png, here)")  # fmt: skip
     explain.set_defaults(func=run_explain)
     return parser
 
