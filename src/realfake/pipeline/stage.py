@@ -106,6 +106,46 @@ def _check_params_unchanged(path: Path, before: str | None) -> None:
         )
 
 
+STATEFUL_STAGES = ("train", "train_3class", "train_dcgan")  # stages keeping resumable state under paths.state
+
+
+def sweep_stale_state(folder: Path) -> list[Path]:
+    """Remove the state folders under `folder` that no process holds, with their lock files, and lock files left
+    without a folder; return what was removed. A stage that succeeded has cleared its own state, so what remains
+    of it is what failed or abandoned runs (other params) left behind. A folder whose lock a running training holds
+    is kept."""
+    import fcntl
+    import shutil
+
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for lock in sorted(folder.glob("*.lock")):
+        with open(lock, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # in use
+            state = lock.with_name(lock.name.removesuffix(".lock"))
+            if state.is_dir():
+                shutil.rmtree(state, ignore_errors=True)
+                removed.append(state)
+            lock.unlink(missing_ok=True)
+            removed.append(lock)
+    return removed
+
+
+def _sweep_after_success(paths: ProjectPaths, stage_name: str, model: str | None) -> None:
+    if stage_name not in STATEFUL_STAGES:
+        return
+    folder = paths.state / stage_name / (model if isinstance(model, str) else "")
+    if stage_name == "train_dcgan":
+        folder = paths.state / stage_name
+    removed = [p for p in sweep_stale_state(folder) if p.suffix != ".lock"]
+    if removed:
+        log.info("removed %d state folder(s) that earlier runs with other params left in %s", len(removed), folder)
+
+
 def run(
     main: Callable[[ProjectPaths, argparse.Namespace], None],
     *,
@@ -132,6 +172,7 @@ def run(
         main(ProjectPaths(root), args)
         _check_params_unchanged(args.params, params_before)
         outcome = "done"
+        _sweep_after_success(ProjectPaths(root), Path(script).stem, getattr(args, "model", None))
     except RealfakeError as exc:
         log.error("%s", exc)
         sys.exit(1)
