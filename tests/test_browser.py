@@ -3,6 +3,7 @@ DevTools protocol on a pipe (`--remote-debugging-pipe`: JSON messages ending in 
 websocket or driver needed) uploads images to `realfake serve` and reads each verdict from the page. Run with
 `pytest -m browser`."""
 
+import base64
 import contextlib
 import fcntl
 import io
@@ -153,6 +154,10 @@ def test_upload_an_image_and_read_the_verdict_from_the_page(served, tmp_path):
             "warnings: r.cells[4].textContent})))"
         )
         link = browser.evaluate("document.getElementById('card-link').getAttribute('href')")
+        if os.environ.get("REALFAKE_SCREENSHOT"):  # the README's picture of the page: the same page, these two images
+            browser.call("Emulation.setDeviceMetricsOverride", width=1000, height=640, deviceScaleFactor=1, mobile=False)
+            shot = browser.call("Page.captureScreenshot", format="png")["data"]
+            Path(os.environ["REALFAKE_SCREENSHOT"]).write_bytes(base64.b64decode(shot))
     finally:
         browser.close()
     shown = {row["name"]: row for row in json.loads(rows)}
