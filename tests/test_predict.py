@@ -479,8 +479,11 @@ def test_default_model_is_the_best_binary_one_on_validation_accuracy(models, ima
     code, out, err = run_cli(capsys, images["cifake.jpg"], "--format", "json")
     assert code == 0
     assert "using model softmax" in err and "0.8000" in err
+    assert f"the shipped detector's: {serving_models.shipped_validation_accuracy():.4f}" in err  # both, to compare
     [row] = json.loads(out)
     assert row["model"] == "softmax"
+    code, out, err = run_cli(capsys, images["cifake.jpg"], "--format", "json", "--model", "shipped")
+    assert code == 0 and json.loads(out)[0]["model"] == "shipped:fast"
     assert row["p_fake"] == pytest.approx(
         float(expected_p_fake(models["softmax"], [images["cifake.jpg"]])[0]), abs=1e-6
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 from realfake.errors import ParamsError, RealfakeError
 
 EXIT_OK, EXIT_SKIPPED, EXIT_FAILED, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+SHIPPED = "shipped"  # --model value naming the detector shipped with realfake
 EXIT_WORDS = (
     "exit status: 0 every image classified; 1 some files skipped, others classified; 2 usage error, no readable "
     "image, or a model that cannot be found or loaded; 3 the results could not be written (stdout closed, a broken "
@@ -132,7 +133,8 @@ def add_model_options(command: argparse.ArgumentParser) -> None:
         "--model",
         help="a .onnx file (runs without TensorFlow), a .keras file, or an MLflow URI (models:/NAME/VERSION, "
         "models:/NAME@champion, runs:/RUN_ID/PATH); default: the binary model of the repo's last pipeline run with "
-        "the highest validation accuracy (its ONNX export when current), else the detector shipped with realfake",
+        "the highest validation accuracy (its ONNX export when current), else the detector shipped with realfake "
+        "(`--model shipped` picks it in a repo too)",
     )
     command.add_argument(
         "--repo", type=Path, help="the pipeline repo (default: the nearest folder at or above this one with dvc.yaml)"
@@ -250,6 +252,8 @@ def load_model(args: argparse.Namespace, root: Path, *, keras: bool = False):
     from realfake.paths import ProjectPaths
     from realfake.serving import models
 
+    if args.model == SHIPPED:
+        return models.shipped_model(keras=keras)
     if args.model:
         if keras and args.model.lower().endswith(".onnx"):
             raise ParamsError(f"{args.model}: explain needs the Keras model (the .keras file it was exported from)")
@@ -257,9 +261,12 @@ def load_model(args: argparse.Namespace, root: Path, *, keras: bool = False):
     paths = ProjectPaths(root)
     if models.has_pipeline_models(paths):
         loaded, accuracy = models.best_binary_model(paths, keras_only=keras)
+        shipped = models.shipped_validation_accuracy()
+        versus = "" if shipped is None else f"; the shipped detector's: {shipped:.4f} on its own split"
         _say(
-            f"realfake: using model {loaded.name} ({loaded.source}, validation accuracy {accuracy:.4f}, the best "
-            "binary model of this repository's pipeline; --model picks another)"
+            f"realfake: using model {loaded.name} ({loaded.source}), the best binary model of this repository's "
+            f"pipeline: validation accuracy {accuracy:.4f} on this repository's split{versus} (`--model shipped` "
+            "uses that one, --model PATH another)"
         )
         return loaded
     loaded = models.shipped_model(keras=keras)

@@ -187,6 +187,14 @@ def best_binary_model(paths: ProjectPaths, *, keras_only: bool = False) -> tuple
     )
 
 
+def shipped_validation_accuracy() -> float | None:
+    """The shipped detector's best validation accuracy, from its card (None when the card does not say)."""
+    if not SHIPPED_CARD.is_file():
+        return None
+    value = json.loads(SHIPPED_CARD.read_text()).get("train", {}).get("best", {}).get("val_accuracy")
+    return None if value is None else float(value)
+
+
 def shipped_model(*, keras: bool = False) -> LoadedModel:
     """The detector shipped with the package (its ONNX export, or with `keras` its .keras file), with its
     thresholds, OOD statistics and card (test metrics and measured robustness)."""
