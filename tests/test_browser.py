@@ -155,7 +155,9 @@ def test_upload_an_image_and_read_the_verdict_from_the_page(served, tmp_path):
         )
         link = browser.evaluate("document.getElementById('card-link').getAttribute('href')")
         if os.environ.get("REALFAKE_SCREENSHOT"):  # the README's picture of the page: the same page, these two images
-            browser.call("Emulation.setDeviceMetricsOverride", width=1000, height=640, deviceScaleFactor=1, mobile=False)
+            browser.call(
+                "Emulation.setDeviceMetricsOverride", width=1000, height=640, deviceScaleFactor=1, mobile=False
+            )
             shot = browser.call("Page.captureScreenshot", format="png")["data"]
             Path(os.environ["REALFAKE_SCREENSHOT"]).write_bytes(base64.b64decode(shot))
     finally:

@@ -40,7 +40,7 @@ spec = FastParams(architecture="fast", epochs=2, batch_size=16, optimizer="adamw
                   augment=("hflip",), max_shift=1, space_to_depth=2, stage_filters=(8, 16), convs_per_stage=1,
                   dropout=0.1, flip_tta=True, tta_max_shift=1, max_parameters=100000, jit_compile="auto",
                   degrade=(Degradation("jpeg", 0.5, (50, 90)), Degradation("noise", 0.5, (1.0, 4.0))),
-                  max_train_minutes=60.0, test_curve=True)
+                  max_train_minutes=60.0, validate_every_steps=None, test_curve=True)
 train_params = TrainParams(strategy="auto", monitor="val_accuracy", monitor_mode="max",
                            early_stopping_patience=None, run_eagerly=False)
 result, _ = classifiers.train_classifier(

@@ -92,7 +92,10 @@ def test_committed_params_are_valid(tmp_path):
             r"models.fast.tta_max_shift: must be >= 0 pixels \(0 = no shifted views\), got -1",
         ),
         # non-finite and absurd numbers: refused before any work, not a nan loss or a TensorFlow traceback later
-        (lambda p: p["models"]["fast"].update(learning_rate=float("nan")), r"models.fast.learning_rate: must be a finite"),
+        (
+            lambda p: p["models"]["fast"].update(learning_rate=float("nan")),
+            r"models.fast.learning_rate: must be a finite",
+        ),
         (lambda p: p["detector"].update(ood_percentile=float("inf")), r"detector.ood_percentile: must be a finite"),
         (lambda p: p["models"]["fast"].update(epochs=10**30), r"models.fast.epochs: .* out of range; use at most"),
         (lambda p: p["models"]["cnn"].update(epochs=200_000), r"models.cnn.epochs: must be at most 100000"),

@@ -741,7 +741,10 @@ def test_a_pipeline_model_runs_from_its_current_onnx_export_else_through_keras(m
     current = run_without_heavy_imports(images["green"], images["white"], "--repo", repo, "--format", "json",
                                         cwd=tmp_path)  # fmt: skip
     assert current["code"] == 0 and current["heavy"] == [], current["stderr"]
-    assert f"({repo / 'models' / 'colour.onnx'}, validation accuracy 0.9000" in current["stderr"]
+    assert (
+        f"({repo / 'models' / 'colour.onnx'}), the best binary model" in current["stderr"]
+        and "validation accuracy 0.9000" in current["stderr"]
+    )
     assert [r["ood"] for r in json.loads(current["stdout"])] == [False, True]
     (repo / "models" / "colour.onnx").write_bytes(models["sigmoid_onnx"].read_bytes())  # another model's export
     stale = run_without_heavy_imports(images["green"], "--repo", repo, "--format", "json", cwd=tmp_path)

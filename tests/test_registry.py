@@ -323,7 +323,11 @@ def test_registering_a_model_prints_none_of_mlflows_notices(tmp_path, mlflow_uri
     with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         register(path, val_accuracy=0.7, root=tmp_path)
-    printed = {"stderr": capfd.readouterr().err, "log": caplog.text, "warnings": " ".join(f"{w.filename}:{w.lineno} {w.message}" for w in caught)}
+    printed = {
+        "stderr": capfd.readouterr().err,
+        "log": caplog.text,
+        "warnings": " ".join(f"{w.filename}:{w.lineno} {w.message}" for w in caught),
+    }
     for notice in ("Add type hints", "CloudPickle", "Validating input example", "Successfully registered",
                    "Downloading artifacts"):  # fmt: skip
         assert not [where for where, text in printed.items() if notice in text], (notice, printed["warnings"][:3000])
