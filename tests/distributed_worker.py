@@ -30,7 +30,8 @@ def spec() -> FastParams:
         architecture="fast", epochs=2, batch_size=GLOBAL_BATCH, optimizer="sgd", learning_rate=0.05,
         schedule="constant", warmup_epochs=0.0, weight_decay=0.0, label_smoothing=0.0, augment=("hflip",),
         max_shift=1, degrade=(), max_train_minutes=None, validate_every_steps=None, test_curve=False,
-        jit_compile="auto", stage_filters=(4, 8), convs_per_stage=1, space_to_depth=2, dropout=0.0, flip_tta=False, tta_max_shift=0, max_parameters=10**6,
+        jit_compile="auto", stage_filters=(4, 8), convs_per_stage=1, space_to_depth=2, dropout=0.0, flip_tta=False,
+        tta_max_shift=0, max_parameters=10**6,
     )  # fmt: skip
 
 
