@@ -33,7 +33,7 @@ def headline_rows(root: Path) -> list[list[str]]:
             continue
         result = json.loads(recorded.read_text())
         for model, stats in result["summary"].items():
-            machines = {row[model].get("machine") for row in result["seeds"]} - {None}
+            machines = {readable_machine(row[model].get("machine")) for row in result["seeds"]} - {None}
             rows.append([
                 f"`{recipe.name}`", model, _fmt(stats["test_accuracy"]), _fmt(stats["test_roc_auc"]),
                 _fmt(stats["test_ece"]), _fmt(stats["robust_accuracy"], 3), _fmt(stats["train_minutes"], 1),
@@ -45,6 +45,13 @@ def headline_rows(root: Path) -> list[list[str]]:
 def markdown(rows: list[list[str]], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)]) + "\n"
+
+
+def readable_machine(name: str | None) -> str | None:
+    """'2-core Intel(R) Xeon(R) Processor CPU' (as the CPU names itself) -> '2-core Intel Xeon CPU'."""
+    if name is None:
+        return None
+    return " ".join(name.replace("(R)", "").replace("(TM)", "").replace(" Processor", "").split())
 
 
 HEADER = ["recipe", "model", "test accuracy", "ROC-AUC", "ECE", "robust accuracy", "train min", "reproduce (machine)"]
