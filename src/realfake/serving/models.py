@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from realfake.data.sources import sha256_of
 from realfake.errors import DataError
 from realfake.models.detector import DetectorInfo, load_info
 from realfake.paths import ProjectPaths
@@ -113,14 +113,6 @@ def _json_value(path: Path, *keys):
         return None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def current_export(keras_file: Path) -> Path | None:
     """models/<name>.onnx when it was exported from `keras_file` as it is now (the SHA-256 in its metadata)."""
     onnx_file = keras_file.with_suffix(".onnx")
@@ -131,7 +123,7 @@ def current_export(keras_file: Path) -> Path | None:
     except DataError as exc:
         log.warning("%s", exc)
         return None
-    if engine.metadata.get("realfake.source_sha256") != _sha256(keras_file):
+    if engine.metadata.get("realfake.source_sha256") != sha256_of(keras_file):
         log.warning("%s was exported from another version of %s: using the .keras file", onnx_file, keras_file.name)
         return None
     return onnx_file
