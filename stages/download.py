@@ -5,6 +5,7 @@ and downloads from Kaggle otherwise; `archive` insists on the zip, `kaggle` on t
 """
 
 from realfake.data import cifake, sources
+from realfake.data.summary import summarize
 from realfake.errors import SourceUnavailableError
 from realfake.fileio import save_arrays, write_json
 from realfake.params import load_params
@@ -39,7 +40,7 @@ def main(paths, args) -> None:
     with tracking.stage_run("download", repo_root=paths.root, experiment=params.base.mlflow_experiment, params=section):
         entries, origin = fetch_entries(params.data, paths)
         raw = cifake.decode_entries(entries)
-        summary = origin | cifake.summarize(raw)
+        summary = origin | summarize(raw)
         summary["bytes"] = {"jpeg": sum(e.size for e in entries), "decoded": int(raw.images.nbytes)}
         save_arrays(paths.raw_dataset, **raw.arrays())
         write_json(paths.metrics / "data.json", summary)

@@ -49,7 +49,9 @@ def tiny_params(**overrides) -> dict:
                            batch_size=16, sample_every=1, sample_grid=2, max_images=None, max_train_minutes=None,
                            precision="float32", quality_images=16, quality_model="fast")  # fmt: skip
     params["generate"].update(n_train=40, n_test=20, batch_size=16, jpeg_quality=75, jpeg_subsampling="4:2:0")
-    params["train_3class"].update(models=["efficientnet_3class", "fast_3class"], val_fraction=0.1)
+    params["train_3class"].update(
+        models=["efficientnet_3class", "fast_3class"], val_fraction=0.1, cifake_per_class=None
+    )
     params["robustness"].update(max_images=None, perturbations=["jpeg 50", "downscale 2", "blur 1", "noise 5",
                                                                 "downscale 2 + jpeg 75"])  # fmt: skip
     for section, values in overrides.items():
@@ -98,7 +100,8 @@ def copy_repo(work: Path, archive: Path | str) -> dict:
         elif src.exists():
             (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, work / name)
-    params = tiny_params(data={"source": "archive", "archive": str(archive)})
+    # the 3-class retrain draws its own real and SD images from the archive, as the default recipe does
+    params = tiny_params(data={"source": "archive", "archive": str(archive)}, train_3class={"cifake_per_class": 12})
     (work / "data").mkdir(exist_ok=True)
     write_params(work, params)
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}

@@ -12,6 +12,7 @@ from cifake_fixture import cifake_files, jpeg_bytes, write_zip
 from PIL import Image
 
 from realfake.data import cifake
+from realfake.data.summary import summarize
 from realfake.errors import DataError
 from realfake.pipeline.process import on_sigterm
 
@@ -37,7 +38,7 @@ def test_top_folder_prefix_is_accepted(tmp_path):
 
 
 def test_summary_counts_duplicates(cifake_zip):
-    summary = cifake.summarize(decode_zip(cifake_zip))
+    summary = summarize(decode_zip(cifake_zip))
     assert summary["counts"]["train"] == {"REAL": 24, "FAKE": 26}
     assert summary["duplicates"]["extra_copies_within_folder"]["train/FAKE"] == 2
     assert summary["duplicates"]["train_test_overlap"] == 0

@@ -20,6 +20,7 @@ import pytest
 from mlflow import MlflowClient
 
 import realfake
+from realfake.data.sources import sha256_of
 from realfake.errors import DataError
 from realfake.evaluation import scoring
 from realfake.models.detector import DetectorInfo, info_path, save_info, with_calibration
@@ -104,7 +105,7 @@ def test_registered_version_has_signature_tags_and_loads_as_pyfunc(registered):
     # The summary's numbers (nested keys joined with '.'), the file's sha256 and the run tag the version.
     assert version.tags["best.val_accuracy"] == "0.75" and version.tags["epochs"] == "3"
     assert "machine" not in version.tags
-    assert version.tags["model_sha256"] == model_registry.file_sha256(registered["path"])
+    assert version.tags["model_sha256"] == sha256_of(registered["path"])
     assert version.tags["run_id"] == registered["run_id"]
     assert str(client.get_model_version_by_alias(NAME, model_registry.CHAMPION).version) == "1"  # the first is champion
 
@@ -307,8 +308,8 @@ def test_an_onnx_export_registers_with_the_onnx_flavour_and_serves_without_tenso
         info = model_registry.log_registered_onnx(onnx_file, registered_name=f"{NAME}-onnx",
                                                   extra_artifacts={"detector": info_path(path)})  # fmt: skip
     version = MlflowClient(mlflow_uri).get_model_version(f"{NAME}-onnx", str(info.registered_model_version))
-    assert version.tags["model_sha256"] == model_registry.file_sha256(onnx_file)
-    assert version.tags["source_sha256"] == model_registry.file_sha256(path)
+    assert version.tags["model_sha256"] == sha256_of(onnx_file)
+    assert version.tags["source_sha256"] == sha256_of(path)
     loaded = mlflow.pyfunc.load_model(f"models:/{NAME}-onnx/{version.version}")
     assert "onnx" in loaded.metadata.flavors
     images = np.random.default_rng(0).integers(0, 256, (5, *IMAGE_SHAPE), dtype=np.uint8)

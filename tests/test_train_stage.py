@@ -279,6 +279,27 @@ def test_train_3class_stage_trains_the_fast_detector_with_three_classes(tmp_path
         train_3class_stage.main(ProjectPaths(tmp_path), train_3class_args(tmp_path, "fast"))
 
 
+def test_train_3class_draws_its_real_and_sd_images_from_the_archive(tmp_path, mlflow_uri):
+    from test_prepare import make_raw
+
+    from realfake.fileio import save_arrays
+
+    write_prepared(tmp_path)
+    paths = ProjectPaths(tmp_path)
+    paths.raw_dataset.parent.mkdir(parents=True)
+    save_arrays(paths.raw_dataset, **make_raw(n_train=40).arrays())
+    generated = tmp_path / "data/generated"
+    generated.mkdir(parents=True)
+    np.savez(generated / "train.npz", images=np.random.default_rng(3).integers(0, 256, (20, 32, 32, 3), np.uint8))
+    args = write_params(tmp_path, tiny_params(train_3class={"cifake_per_class": 25}))
+    args.model = "fast_3class"
+    train_3class_stage.main(paths, args)
+    summary = json.loads((tmp_path / "metrics/train/fast_3class.json").read_text())
+    assert summary["train_images"] == 2 * 25 + 18  # no stored copies for any class in this mode
+    _, run = only_run(mlflow_uri, "train_3class")
+    assert run.data.tags["images.train.real"] == "25" and run.data.tags["archive_sample.FAKE.drawn"] == "25"
+
+
 def test_train_3class_without_generated_images(tmp_path, mlflow_uri):
     write_prepared(tmp_path)
     with pytest.raises(DataError, match=r"generated/train\.npz: DCGAN images not found.*dvc repro generate"):

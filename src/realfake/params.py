@@ -376,6 +376,7 @@ class GenerateParams:
 class ThreeClassParams:
     models: tuple[str, ...]  # the models.<name> sections trained with three classes (stage train_3class@<name>)
     val_fraction: float
+    cifake_per_class: int | None  # real / SD images per class drawn from the whole archive; None = the prepared train
 
     def validate(self, key: str) -> None:
         if not self.models or len(set(self.models)) != len(self.models):
@@ -383,6 +384,7 @@ class ThreeClassParams:
                 f"{key}.models: list one or more distinct models.<name> sections, got {list(self.models)}"
             )
         require_fraction(key, val_fraction=self.val_fraction)
+        require_positive(key, cifake_per_class=self.cifake_per_class)
         if self.val_fraction == 0:
             raise ParamsError(f"{key}.val_fraction: must be > 0 (model selection needs a validation split)")
 

@@ -325,34 +325,10 @@ def decode_entries(entries: list[Entry], *, workers: int | None = None) -> RawDa
     )
 
 
-# ----------------------------------------------------------------------------- duplicates and summary
+# ----------------------------------------------------------------------------- duplicates
 
 
 def pixel_digests(images: np.ndarray) -> np.ndarray:
     """A 128-bit digest per image of its pixels (dtype S16): equal digests mean pixel-identical images."""
     flat = images.reshape(len(images), -1)
     return np.array([hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat], dtype="S16")
-
-
-def summarize(raw: RawDataset) -> dict:
-    """Counts per split and class, and pixel-identical duplicates: within a folder, across classes, train-test."""
-    digests = raw.digests
-    counts = {split: {c: raw.count(split, c) for c in CLASSES} for split in SPLITS}
-    duplicates = {}
-    for s, split in enumerate(SPLITS):
-        for c, cls_name in enumerate(CLASSES):
-            group = digests[(raw.split == s) & (raw.label == c)]
-            duplicates[f"{split}/{cls_name}"] = int(len(group) - len(np.unique(group)))
-    train = set(digests[raw.split == 0])
-    test = set(digests[raw.split == 1])
-    real = set(digests[raw.label == 0])
-    fake = set(digests[raw.label == 1])
-    return {
-        "images": int(len(raw.images)),
-        "counts": counts,
-        "duplicates": {
-            "extra_copies_within_folder": duplicates,
-            "train_test_overlap": len(train & test),
-            "real_fake_overlap": len(real & fake),
-        },
-    }

@@ -88,13 +88,13 @@ def train_pool(raw: RawDataset, *, drop_test_overlap: bool) -> tuple[dict[int, n
     return pool, report
 
 
-def check_per_class(per_class: int, pool: dict[int, np.ndarray]) -> None:
+def check_per_class(per_class: int, pool: dict[int, np.ndarray], *, key: str = "prepare.per_class") -> None:
     smallest = min(len(v) for v in pool.values())
     if per_class > smallest:
         available = ", ".join(f"{CLASSES[k]}: {len(v)}" for k, v in pool.items())
         raise ParamsError(
-            f"prepare.per_class: {per_class} is more than the distinct train images available per class "
-            f"({available}); set prepare.per_class to at most {smallest}"
+            f"{key}: {per_class} is more than the distinct train images available per class "
+            f"({available}); set {key} to at most {smallest}"
         )
 
 

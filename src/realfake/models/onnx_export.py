@@ -15,7 +15,6 @@ can be told from a current one, plus the class names and the input size.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from realfake.data.sources import sha256_of
 from realfake.data.threeclass import THREE_CLASSES
 from realfake.errors import DataError
 from realfake.evaluation.ood import feature_layer
@@ -38,14 +38,6 @@ CLASS_NAMES = "realfake.class_names"
 INPUT_SIZE = "realfake.input_size"  # "[width, height]"
 FORMAT_KEY, FORMAT = "realfake.onnx_format", "1"
 OPSET = 17
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def class_names(width: int) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from realfake.data.sources import sha256_of
 from realfake.pipeline.tracking import _with_retries, enabled, log_metrics, metric_values
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,6 @@ SERVING_PACKAGES = ("tensorflow", "keras", "mlflow", "numpy", "pandas", "pillow"
 # What MLflow's onnx flavour needs to serve an export (`mlflow models serve` on ONNX Runtime, no TensorFlow).
 ONNX_SERVING_PACKAGES = ("onnx", "onnxruntime", "mlflow", "numpy", "pandas")
 ONNX_SUFFIX = "-onnx"  # registered name of a model's ONNX export: realfake-<name>-onnx
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def tag_value(value: float) -> str:
@@ -200,7 +193,7 @@ def log_registered_model(
     number = str(info.registered_model_version)
     values = metric_values(summary)
     tags = {k: tag_value(v) for k, v in values.items()}
-    tags |= {"model_sha256": file_sha256(model_file), "run_id": mlflow.active_run().info.run_id}
+    tags |= {"model_sha256": sha256_of(model_file), "run_id": mlflow.active_run().info.run_id}
     if getattr(info, "model_id", None):  # the logged model (MLflow 3), which evaluate gives its test metrics
         tags[MODEL_ID] = str(info.model_id)
     val_images = summary.get("val_images") if isinstance(summary.get("val_images"), int) else None
@@ -256,7 +249,7 @@ def log_registered_onnx(onnx_file: Path, *, registered_name: str, extra_artifact
             )
         )  # fmt: skip
     client, number = MlflowClient(), str(info.registered_model_version)
-    tags = {"model_sha256": file_sha256(onnx_file), "source_sha256": meta.get("realfake.source_sha256", ""),
+    tags = {"model_sha256": sha256_of(onnx_file), "source_sha256": meta.get("realfake.source_sha256", ""),
             "run_id": mlflow.active_run().info.run_id}  # fmt: skip
     for key, value in tags.items():
         _with_retries(lambda k=key, v=value: client.set_model_version_tag(registered_name, number, k, v))
@@ -317,7 +310,7 @@ def tag_evaluated_version(
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    sha = file_sha256(model_file)
+    sha = sha256_of(model_file)
     try:
         versions = client.search_model_versions(f"name = '{registered_name}'")
     except Exception:  # noqa: BLE001  nothing registered under that name
