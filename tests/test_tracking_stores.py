@@ -143,3 +143,59 @@ def test_an_experiment_created_by_a_parallel_stage_meanwhile_is_used(tmp_path, m
     experiment_id = tracking._use_experiment("raced", uri)
     assert calls == ["raced", "raced"]
     assert mlflow.get_experiment(experiment_id).name == "raced"
+
+
+UNIQUE_VIOLATION = (
+    'BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "experiment_tag_pk"'
+)
+
+
+def test_a_unique_violation_from_a_parallel_stage_counts_as_already_made(tmp_path, monkeypatch):
+    """PostgreSQL behind a server reports the same race as a BAD_REQUEST naming the violated unique constraint."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    real_set_experiment = mlflow.set_experiment
+    calls = []
+
+    def lose_the_race_once(name):
+        calls.append(name)
+        if len(calls) == 1:
+            real_set_experiment(name)
+            raise MlflowException(UNIQUE_VIOLATION, error_code="BAD_REQUEST")
+        return real_set_experiment(name)
+
+    monkeypatch.setattr(tracking, "artifact_root", lambda _uri: None)
+    monkeypatch.setattr(mlflow, "set_experiment", lose_the_race_once)
+    experiment_id = tracking._use_experiment("raced", uri)
+    assert calls == ["raced", "raced"]
+    assert mlflow.get_experiment(experiment_id).tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
+
+
+def test_the_experiment_tag_written_by_a_parallel_stage_meanwhile_is_kept(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.create_experiment("tagged")
+    real_set_tag = mlflow.MlflowClient.set_experiment_tag
+
+    def the_other_stage_tags_first(self, eid, key, value):
+        real_set_tag(self, eid, key, value)
+        raise MlflowException(UNIQUE_VIOLATION, error_code="BAD_REQUEST")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", the_other_stage_tags_first)
+    tracking._tag_kind(client, experiment_id)  # the tag is there: nothing to raise
+    assert client.get_experiment(experiment_id).tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
+
+    def refused(self, eid, key, value):  # a real refusal, the tag never written: the error stands
+        raise MlflowException(UNIQUE_VIOLATION, error_code="BAD_REQUEST")
+
+    other = client.create_experiment("untagged")
+    monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", refused)
+    with pytest.raises(MlflowException, match="UniqueViolation"):
+        tracking._tag_kind(client, other)

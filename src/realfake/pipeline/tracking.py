@@ -118,7 +118,19 @@ def _with_retries(action, *, attempts: int = 5, delay_s: float = 1.0):
 
 
 def _already_exists(exc: Exception) -> bool:
-    return "already exists" in str(exc).lower() or "RESOURCE_ALREADY_EXISTS" in str(getattr(exc, "error_code", ""))
+    """Whether a write failed only because a parallel writer made the same row first: MLflow's own check, or the
+    database's unique constraint (PostgreSQL behind a server reports it as BAD_REQUEST UniqueViolation)."""
+    text = f"{exc} {getattr(exc, 'error_code', '')}".lower()
+    words = ("already exists", "resource_already_exists", "uniqueviolation", "duplicate key", "unique constraint")
+    return any(word in text for word in words)
+
+
+def _tag_kind(client, experiment_id: str) -> None:
+    try:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    except Exception as exc:  # a parallel experiment tagged it first: fine when the tag is there now
+        if not (_already_exists(exc) and client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG)):
+            raise
 
 
 def _use_experiment(name: str, uri: str) -> str:
@@ -139,7 +151,7 @@ def _use_experiment(name: str, uri: str) -> str:
             raise
         experiment = mlflow.set_experiment(name)
     if (experiment.tags or {}).get(EXPERIMENT_KIND_TAG) is None:
-        mlflow.MlflowClient(uri).set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        _tag_kind(mlflow.MlflowClient(uri), experiment.experiment_id)
     return experiment.experiment_id
 
 
