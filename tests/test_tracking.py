@@ -14,7 +14,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from realfake.pipeline import process, tracking
+from realfake.pipeline import experiments, process, tracking
 from realfake.pipeline import stage as stage_script
 
 
@@ -143,10 +143,10 @@ def test_a_held_store_lock_is_waited_for_with_a_message_then_times_out(tmp_path,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     lock = open(f"{db}.lock", "a")  # noqa: SIM115  (held across the call below)
     fcntl.flock(lock, fcntl.LOCK_EX)
-    monkeypatch.setattr(tracking, "LOCK_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(experiments, "LOCK_TIMEOUT_S", 1.0)
     try:
         with (
-            caplog.at_level("INFO", logger="realfake.pipeline.tracking"),
+            caplog.at_level("INFO", logger="realfake.pipeline.experiments"),
             pytest.raises(tracking.TrackingStoreError, match=r"lock .*mlflow.db.lock stayed held for 1 s"),
             tracking.stage_run("train", repo_root=tmp_path, experiment="t", params={}),
         ):
@@ -154,7 +154,7 @@ def test_a_held_store_lock_is_waited_for_with_a_message_then_times_out(tmp_path,
         assert "waiting for the MLflow store lock" in caplog.text
         # released meanwhile: the stage goes on
         threading.Timer(0.5, lambda: fcntl.flock(lock, fcntl.LOCK_UN)).start()
-        monkeypatch.setattr(tracking, "LOCK_TIMEOUT_S", 30.0)
+        monkeypatch.setattr(experiments, "LOCK_TIMEOUT_S", 30.0)
         with tracking.stage_run("train", repo_root=tmp_path, experiment="t", params={}):
             pass
     finally:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from realfake.pipeline import stores, tracking
+from realfake.pipeline import experiments, stores, tracking
 
 
 def open_stage(tmp_path):
@@ -138,9 +138,9 @@ def test_an_experiment_created_by_a_parallel_stage_meanwhile_is_used(tmp_path, m
             raise MlflowException(f"Experiment '{name}' already exists.", error_code="RESOURCE_ALREADY_EXISTS")
         return real_set_experiment(name)
 
-    monkeypatch.setattr(tracking, "artifact_root", lambda _uri: None)  # the server path: set_experiment creates
+    monkeypatch.setattr(experiments, "artifact_root", lambda _uri: None)  # the server path: set_experiment creates
     monkeypatch.setattr(mlflow, "set_experiment", lose_the_race_once)
-    experiment_id = tracking._use_experiment("raced", uri)
+    experiment_id = experiments.use_experiment("raced", uri)
     assert calls == ["raced", "raced"]
     assert mlflow.get_experiment(experiment_id).name == "raced"
 
@@ -167,11 +167,11 @@ def test_a_unique_violation_from_a_parallel_stage_counts_as_already_made(tmp_pat
             raise MlflowException(UNIQUE_VIOLATION, error_code="BAD_REQUEST")
         return real_set_experiment(name)
 
-    monkeypatch.setattr(tracking, "artifact_root", lambda _uri: None)
+    monkeypatch.setattr(experiments, "artifact_root", lambda _uri: None)
     monkeypatch.setattr(mlflow, "set_experiment", lose_the_race_once)
-    experiment_id = tracking._use_experiment("raced", uri)
+    experiment_id = experiments.use_experiment("raced", uri)
     assert calls == ["raced", "raced"]
-    assert mlflow.get_experiment(experiment_id).tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
+    assert mlflow.get_experiment(experiment_id).tags[experiments.EXPERIMENT_KIND_TAG] == experiments.EXPERIMENT_KIND
 
 
 def test_the_experiment_tag_written_by_a_parallel_stage_meanwhile_is_kept(tmp_path, monkeypatch):
@@ -189,8 +189,8 @@ def test_the_experiment_tag_written_by_a_parallel_stage_meanwhile_is_kept(tmp_pa
         raise MlflowException(UNIQUE_VIOLATION, error_code="BAD_REQUEST")
 
     monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", the_other_stage_tags_first)
-    tracking._tag_kind(client, experiment_id)  # the tag is there: nothing to raise
-    assert client.get_experiment(experiment_id).tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
+    experiments._tag_kind(client, experiment_id)  # the tag is there: nothing to raise
+    assert client.get_experiment(experiment_id).tags[experiments.EXPERIMENT_KIND_TAG] == experiments.EXPERIMENT_KIND
 
     def refused(self, eid, key, value):  # a real refusal, the tag never written: the error stands
         raise MlflowException(UNIQUE_VIOLATION, error_code="BAD_REQUEST")
@@ -198,4 +198,4 @@ def test_the_experiment_tag_written_by_a_parallel_stage_meanwhile_is_kept(tmp_pa
     other = client.create_experiment("untagged")
     monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", refused)
     with pytest.raises(MlflowException, match="UniqueViolation"):
-        tracking._tag_kind(client, other)
+        experiments._tag_kind(client, other)

@@ -26,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from realfake.pipeline import parent_runs, process, stores
+from realfake.pipeline.experiments import (
+    store_lock,
+    use_experiment,
+)
 from realfake.pipeline.process import resource_usage
 from realfake.pipeline.stores import TrackingStoreError
 
@@ -33,11 +37,8 @@ log = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values
 _METRIC_NAME = re.compile(r"[^A-Za-z0-9_\-./:]")  # what MLflow accepts in metric names, besides spaces
-LOCK_TIMEOUT_S = float(os.environ.get("REALFAKE_TRACKING_LOCK_TIMEOUT", "300"))
 # Run tags realfake sets (names in MLflow's UI)
 TAG_STAGE, TAG_EXECUTION, TAG_PROCESS, TAG_HOST = "stage", "realfake.execution", "realfake.process", "realfake.host"
-# MLflow 3's experiment tag that picks the UI's layout; "custom_model_development" opens on the training runs
-EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 _last_end: dict[str, Any] = {}  # how the last stage run of this process ended (see `last_end`)
 
 
@@ -58,50 +59,9 @@ def tracking_uri(repo_root: Path) -> str:
     return f"sqlite:///{main_root(repo_root) / 'mlflow.db'}"
 
 
-def artifact_root(uri: str) -> Path | None:
-    """Beside a sqlite store, so artifacts never land in a temporary exp copy's working folder; None for servers."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts"
-    return None
-
-
 def _store_problem(uri: str, exc: BaseException) -> TrackingStoreError:
     """One line naming the store, what is wrong and what to do (see `stores.problem`)."""
     return stores.problem(uri, exc)
-
-
-@contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """Serialise the first touch of a sqlite store across processes, saying so when it has to wait.
-
-    MLflow creates and migrates a new database on first use; two queued experiments doing that at once collide
-    ("table alembic_version already exists"). Holding an exclusive lock on a file beside the database while
-    selecting the experiment makes the second process find it ready.
-    """
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-
-    lock_path = Path(uri.removeprefix("sqlite:///") + ".lock")  # its folder exists: `stores.check` saw to it
-    timeout_s = LOCK_TIMEOUT_S
-    with lock_path.open("a") as handle:  # closing the file releases the lock, also on errors
-        deadline, said = time.monotonic() + timeout_s, False
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TrackingStoreError(
-                        f"MLflow store lock {lock_path} stayed held for {timeout_s:.0f} s; another stage is opening "
-                        "the store. If none runs, delete the lock file and run again"
-                    ) from None
-                if not said:
-                    log.info("waiting for the MLflow store lock %s (another stage holds it)", lock_path)
-                    said = True
-                time.sleep(0.5)
-        yield
 
 
 def _with_retries(action, *, attempts: int = 5, delay_s: float = 1.0):
@@ -115,44 +75,6 @@ def _with_retries(action, *, attempts: int = 5, delay_s: float = 1.0):
             log.warning("MLflow store busy; retrying (%s)", str(exc).splitlines()[0][:200])
             time.sleep(delay_s * (attempt + 1))
     return None
-
-
-def _already_exists(exc: Exception) -> bool:
-    """Whether a write failed only because a parallel writer made the same row first: MLflow's own check, or the
-    database's unique constraint (PostgreSQL behind a server reports it as BAD_REQUEST UniqueViolation)."""
-    text = f"{exc} {getattr(exc, 'error_code', '')}".lower()
-    words = ("already exists", "resource_already_exists", "uniqueviolation", "duplicate key", "unique constraint")
-    return any(word in text for word in words)
-
-
-def _tag_kind(client, experiment_id: str) -> None:
-    try:
-        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    except Exception as exc:  # a parallel experiment tagged it first: fine when the tag is there now
-        if not (_already_exists(exc) and client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG)):
-            raise
-
-
-def _use_experiment(name: str, uri: str) -> str:
-    """Select the experiment, creating it with its artifact folder beside a sqlite store; return its id."""
-    import mlflow
-
-    location = artifact_root(uri)
-    if location is not None and mlflow.get_experiment_by_name(name) is None:
-        try:
-            mlflow.create_experiment(name, artifact_location=location.resolve().as_uri())
-        except Exception as exc:  # a parallel queued experiment may have created it a moment ago
-            if not _already_exists(exc):
-                raise
-    try:
-        experiment = mlflow.set_experiment(name)
-    except Exception as exc:  # on a server, set_experiment creates it: a parallel experiment may have won the race
-        if not _already_exists(exc):
-            raise
-        experiment = mlflow.set_experiment(name)
-    if (experiment.tags or {}).get(EXPERIMENT_KIND_TAG) is None:
-        _tag_kind(mlflow.MlflowClient(uri), experiment.experiment_id)
-    return experiment.experiment_id
 
 
 def git_commit(repo_root: Path) -> str | None:
@@ -242,8 +164,8 @@ def stage_run(
     try:
         stores.check(uri)
         mlflow.set_tracking_uri(uri)
-        with _store_lock(uri):
-            experiment_id = _with_retries(lambda: _use_experiment(experiment, uri))
+        with store_lock(uri):
+            experiment_id = _with_retries(lambda: use_experiment(experiment, uri))
             client = MlflowClient(uri)
             _with_retries(lambda: _reap_orphans(client, experiment_id))
             parent = _with_retries(lambda: _parent_run(client, experiment_id, repo_root))
