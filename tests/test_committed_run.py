@@ -45,6 +45,10 @@ def test_the_lock_holds_every_stage(clone):
     assert expected - locked == set(), "stages never run by the committed `dvc repro`"
 
 
+def _statuses(value) -> list[str]:
+    return [f"params {key}: {status}" for key, status in value.items()] if isinstance(value, dict) else [value]
+
+
 def changed_stages(clone) -> dict:
     """`dvc status` in `clone`: stage -> what changed beyond outputs missing from the clone's cache."""
     result = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=clone, capture_output=True,
@@ -59,8 +63,10 @@ def changed_stages(clone) -> dict:
                 changed.setdefault(stage, []).append(entry)  # a changed command or params, or a stage never run
                 continue
             outs, deps = entry.get("changed outs", {}), entry.get("changed deps", {})
+            # a params file's entry is {key: "modified"|"new"|"deleted"}, a file's is its status: flatten both
+            statuses = {status for value in deps.values() for status in _statuses(value)}
             # a dependency may only be missing because it is an upstream output that the clone's cache lacks
-            if set(outs.values()) - MISSING or set(deps.values()) - MISSING or set(deps) - outputs:
+            if set(outs.values()) - MISSING or statuses - MISSING or set(deps) - outputs:
                 changed.setdefault(stage, []).append(entry)
     return changed
 

@@ -5,6 +5,7 @@ costs about twice the time, mostly interpreter and TensorFlow start-ups); `-m sl
 """
 
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -174,11 +175,23 @@ def run_pipeline(work, env, mlflow_uri, binary):
     assert "up to date" in status.stdout  # every dependency declared: a second repro has nothing to do
 
 
+def check_untracked_typo_fails(work, env):
+    """`dvc exp run -S +trian.epochs=3` (a key no training stage tracks) fails naming it, instead of finding every
+    stage up to date; nothing else re-runs."""
+    result = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "-S", "+trian.epochs=3"], cwd=work, env=env,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Running stage 'check_params'" in output and "unknown section(s) trian" in output
+    assert "Running stage 'train@" not in output
+
+
 def test_dvc_repro_runs_the_pipeline(repo_copy, mlflow_uri, tmp_path):
     work, env = repo_copy
     keep_models(work, env, ("cnn", "fast"))
     run_pipeline(work, env, mlflow_uri, ("cnn", "fast"))
     check_remote_round_trip(work, env, tmp_path)
+    check_untracked_typo_fails(work, env)
 
 
 @pytest.mark.slow

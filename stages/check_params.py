@@ -1,0 +1,20 @@
+"""Stage `check_params`: validate all of params.yaml, whatever changed in it.
+
+It tracks the whole file, so an override no other stage tracks (`dvc exp run -S +trian.epochs=3`, a typo for
+`train`) re-runs this stage, which then fails with the unknown key, instead of DVC finding every stage up to date and
+the experiment ending with nothing changed. It writes nothing.
+"""
+
+import logging
+
+from realfake.params import load_params
+from realfake.pipeline import stage
+
+
+def main(paths, args) -> None:
+    params = load_params(args.params)  # every section and every models.<name>
+    logging.getLogger("realfake").info("%s: %d model sections, all valid", args.params, len(params.models))
+
+
+if __name__ == "__main__":
+    stage.run(main, description=__doc__, script=__file__)
