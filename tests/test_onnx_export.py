@@ -21,6 +21,7 @@ from realfake.models.cnn import build_cnn
 from realfake.models.detector import info_path, load_info, with_calibration
 from realfake.models.fast import build_fast
 from realfake.models.saving import save_model
+from realfake.models.transfer import build_efficientnet
 from realfake.serving import models as serving_models
 
 TOLERANCE = 1e-5
@@ -92,6 +93,22 @@ def test_the_export_gives_what_keras_gives(exported, kind):
         np.testing.assert_array_equal(
             np.argmax(got["probabilities"], 1), np.argmax(model(images.astype(np.float32)), 1)
         )
+
+
+def test_an_efficientnet_exports_with_the_images_as_its_only_input(tmp_path):
+    """EfficientNetV2B3 captures non-variable tensors (the head's activity-regularizer coefficient, the backbone's
+    normalization constants) that tf2onnx would otherwise take for graph inputs; the export has `images` only."""
+    keras.utils.set_random_seed(3)
+    model = build_efficientnet(input_shape=(32, 32, 3), num_classes=2, weights=None, dense_units=8, kernel_l2=0.01,
+                               activity_l1=0.01, bias_l1=0.01, dropout=0.1, seed=0, params_key="w")  # fmt: skip
+    save_model(model, tmp_path / "efficientnet.keras")
+    onnx_export.export_onnx(tmp_path / "efficientnet.keras", tmp_path / "efficientnet.onnx")
+    assert [value.name for value in onnx.load(str(tmp_path / "efficientnet.onnx")).graph.input] == ["images"]
+    images = fixed_images()
+    want = p_fake(predict_proba(keras.models.load_model(tmp_path / "efficientnet.keras", compile=False), images,
+                                batch_size=len(images)))  # fmt: skip
+    assert_same_verdicts(want, run_onnx(tmp_path / "efficientnet.onnx", images)["p_fake"].astype(np.float64),
+                         THRESHOLDS)  # fmt: skip
 
 
 def test_the_export_takes_any_batch_size(exported):

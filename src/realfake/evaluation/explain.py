@@ -125,6 +125,52 @@ def select_examples(
     return cells
 
 
+def grid_rows(cells: dict, class_names: tuple[str, ...]) -> dict[str, list[int]]:
+    """`select_examples`' cells as grid rows in reading order, e.g. "real, called real" / "real, called fake"."""
+    named = {}
+    for (label, correct), indices in sorted(cells.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
+        called = class_names[label] if correct else "/".join(n for i, n in enumerate(class_names) if i != label)
+        named[f"{class_names[label]}, called {called}"] = [int(i) for i in indices]
+    return named
+
+
+@dataclasses.dataclass
+class ExplainedSample:
+    images: np.ndarray  # (N, height, width, 3) uint8: the images shown, row by row
+    explained: Explained  # their heatmaps
+    tiles: dict[str, list[int]]  # grid row label -> positions in `images`
+    rows: dict[str, list[dict]]  # grid row label -> [{"test_index", "p_fake"}] of its images
+    candidates: int  # how many test images were scored
+    candidates_accuracy: float  # the model's accuracy on them
+
+
+def explain_sample(
+    model: keras.Model, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...], *, candidates: int,
+    per_cell: int, seed: int, min_size: int, threshold: float, batch_size: int,
+) -> ExplainedSample:  # fmt: skip
+    """Score a seeded, class-balanced sample of `candidates` images, draw (seeded) up to `per_cell` of each right
+    and wrong call per class, and explain only those shown."""
+    from realfake.data.prepare import stratified_sample
+    from realfake.evaluation.scoring import p_fake, predict_proba
+
+    chosen = stratified_sample(labels, count=candidates, seed=seed)
+    probabilities = predict_proba(model, images[chosen], batch_size=batch_size)
+    predicted = predict_labels(probabilities, threshold=threshold)
+    rows = grid_rows(select_examples(labels[chosen], predicted, per_cell=per_cell, seed=seed), class_names)
+    shown = [i for indices in rows.values() for i in indices]  # candidate positions, row by row
+    explained = gradcam(
+        model, images[chosen[shown]], min_size=min_size, threshold=threshold, class_index=predicted[shown]
+    )
+    tiles, start = {}, 0
+    for label, indices in rows.items():  # the same rows, as positions in `shown`
+        tiles[label], start = list(range(start, start + len(indices))), start + len(indices)
+    scores = p_fake(probabilities)
+    listed = {label: [{"test_index": int(chosen[i]), "p_fake": float(scores[i])} for i in indices]
+              for label, indices in rows.items()}  # fmt: skip
+    accuracy = float((predicted == labels[chosen]).mean())
+    return ExplainedSample(images[chosen[shown]], explained, tiles, listed, len(chosen), accuracy)
+
+
 # ----------------------------------------------------------------------------- figures
 
 

@@ -79,12 +79,16 @@ def export_onnx(keras_model_path: Path, onnx_path: Path, *, opset: int = OPSET) 
     shape = tuple(model.input_shape)
     if len(shape) != 4 or shape[-1] != 3 or shape[1] is None or shape[2] is None:
         raise DataError(f"{keras_model_path}: takes inputs of shape {shape}, not RGB images of a fixed size")
+    _prepare_for_tracing(model)
     graph = inference_graph(model)
     spec = [keras.InputSpec(shape=(None, *shape[1:]), dtype="float32", name="images")]
     with tempfile.TemporaryDirectory(prefix="realfake-onnx-") as tmp:
         raw = Path(tmp) / "model.onnx"
         graph.export(str(raw), format="onnx", verbose=False, input_signature=spec, opset_version=opset)
         exported = onnx.load(str(raw))
+    if len(exported.graph.input) != 1:
+        extra = [value.name for value in exported.graph.input[1:]]
+        raise DataError(f"{keras_model_path}: the ONNX graph has inputs besides the images: {extra}")
     _rename_outputs(exported.graph, OUTPUTS)
     exported.graph.input[0].name = _rename_input(exported.graph, "images")
     for value in (*exported.graph.input, *exported.graph.output):
@@ -105,6 +109,25 @@ def export_onnx(keras_model_path: Path, onnx_path: Path, *, opset: int = OPSET) 
     with atomic_path(onnx_path) as out:
         onnx.save(exported, str(out))
     return metadata
+
+
+def _prepare_for_tracing(model: keras.Model) -> None:
+    """Make `model` (in place; loaded for export only) traceable by tf2onnx without changing its outputs.
+
+    tf2onnx takes every non-variable tensor a traced function captures for a graph input. Keras 3 has two:
+    - activity regularizers: a layer computes its activity loss in every call, inference included, and the
+      regularizer's coefficient is a captured eager tensor. Freezing prunes that dead loss branch, but tf2onnx still
+      hands grappler the capture as a fetch node ("Fetch node .../mul/x doesn't exist in graph"), and grappler fails
+      with "Failed to import metagraph". The losses do not reach the outputs, so the regularizers are dropped.
+    - Normalization layers built with a fixed mean and variance (EfficientNetV2's own preprocessing) hold them as
+      eager tensors, which would become extra ONNX inputs; as numpy arrays they are traced as constants.
+    """
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if getattr(layer, "activity_regularizer", None) is not None:
+            layer.activity_regularizer = None
+        if isinstance(layer, keras.layers.Normalization) and layer.mean is not None:
+            layer.mean = np.asarray(keras.ops.convert_to_numpy(layer.mean))
+            layer.variance = np.asarray(keras.ops.convert_to_numpy(layer.variance))
 
 
 def _rename_input(graph, name: str) -> str:
