@@ -33,7 +33,7 @@ def main(paths, args) -> None:
         heatmap = paths.plots / "cross_evaluate" / "heatmap.png"
         with atomic_path(heatmap) as tmp:
             heatmap_png(*cross.cross_evaluation_matrix(scores), "Share correct per test source", str(tmp))
-        inputs = [str(p.relative_to(paths.root)) for p in cross_suite.test_files(paths)]
+        inputs = [str(p.relative_to(paths.root)) for p in cross_suite.source_files(paths)]
         text = reports.cross_evaluation_text(scores, confusion, warnings, files=inputs, threshold=ev.threshold,
                                              confidence=ev.confidence)  # fmt: skip
         with atomic_path(paths.reports / "cross_evaluate.md") as tmp:

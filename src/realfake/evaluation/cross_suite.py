@@ -28,16 +28,17 @@ def read_images(path: Path, rel: str, producer: str) -> dict:
     return arrays
 
 
-def test_files(paths: ProjectPaths) -> tuple[Path, Path]:
+def source_files(paths: ProjectPaths) -> tuple[Path, Path]:
     """The CIFAKE test split and the DCGAN test fakes, in that order."""
     return paths.prepared_split("test"), paths.generated_split("test")
 
 
 def load_sources(paths: ProjectPaths) -> dict[str, tuple[str, np.ndarray]]:
     """source name -> (true kind, uint8 images); each source holds one kind and is named after it."""
-    cifake_rel, dcgan_rel = (str(p.relative_to(paths.root)) for p in test_files(paths))
-    cifake = read_images(paths.prepared_split("test"), cifake_rel, "prepare")
-    dcgan = read_images(paths.generated_split("test"), dcgan_rel, "generate")
+    cifake_path, dcgan_path = source_files(paths)
+    cifake_rel, dcgan_rel = str(cifake_path.relative_to(paths.root)), str(dcgan_path.relative_to(paths.root))
+    cifake = read_images(cifake_path, cifake_rel, "prepare")
+    dcgan = read_images(dcgan_path, dcgan_rel, "generate")
     if [str(name) for name in cifake.get("class_names", [])] != ["real", "fake"] or "labels" not in cifake:
         raise DataError(f"{cifake_rel}: expected `labels` with class_names [real, fake]")
     sources = {

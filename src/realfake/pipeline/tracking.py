@@ -26,10 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from realfake.pipeline import parent_runs, process, stores
-from realfake.pipeline.experiments import (
-    store_lock,
-    use_experiment,
-)
+from realfake.pipeline.experiments import store_lock, use_experiment
 from realfake.pipeline.process import resource_usage
 from realfake.pipeline.stores import TrackingStoreError
 
