@@ -18,42 +18,31 @@ from realfake.training.posthoc import fit_detector
 from realfake.training.state import clear_state
 
 
-def train_as_worker(paths, params, name: str, placement) -> None:
-    """A data-parallel process other than the chief: it trains its share and writes nothing."""
-    size = params.base.image_size
-    train = stage.load_split(paths, "train", image_size=size)
-    val = stage.load_split(paths, "val", image_size=size)
-    _, state_dir = train_classifier(name, params.models[name], params.train, train, val, seed=params.base.seed,
-                                    state_root=paths.state / "train", placement=placement)  # fmt: skip
-    distribute.stop(placement)
-    clear_state(state_dir)
-
-
 def main(paths, args) -> None:
     name = args.model
     params = load_params(args.params, sections=["base", "train", "detector", f"models.{name}"])
     placement = distribute.start(params.train.strategy)  # before any other backend work
-    if not placement.chief:
-        train_as_worker(paths, params, name, placement)
+    spec, size, seed, state_root = params.models[name], params.base.image_size, params.base.seed, paths.state / "train"
+    train, val = (stage.load_split(paths, split, image_size=size) for split in ("train", "val"))
+    if not placement.chief:  # a data-parallel process other than the chief: it trains its share and writes nothing
+        _, state_dir = train_classifier(name, spec, params.train, train, val, seed=seed, state_root=state_root,
+                                        placement=placement)  # fmt: skip
+        distribute.stop(placement)
+        clear_state(state_dir)
         return
-    spec, size = params.models[name], params.base.image_size
-    logged = {"seed": params.base.seed, "train": params.raw["train"], "detector": params.raw["detector"],
+    logged = {"seed": seed, "train": params.raw["train"], "detector": params.raw["detector"],
               "model": params.raw["models"][name]}  # fmt: skip
     with tracking.stage_run(
         "train", repo_root=paths.root, experiment=params.base.mlflow_experiment, params=logged, run_name=f"train@{name}"
     ):
-        train = stage.load_split(paths, "train", image_size=size)
-        val = stage.load_split(paths, "val", image_size=size)
         test = stage.load_split(paths, "test", image_size=size) if spec.test_curve else None
         result, state_dir = train_classifier(
-            name, spec, params.train, train, val, seed=params.base.seed, state_root=paths.state / "train",
-            test=test, extra_callbacks=[MlflowEpochs()], placement=placement,
+            name, spec, params.train, train, val, seed=seed, state_root=state_root, test=test,
+            extra_callbacks=[MlflowEpochs()], placement=placement,
         )  # fmt: skip
         distribute.stop(placement)  # the other processes are done; the rest happens here alone
         summary = train_summary(result, result.model, train_images=len(train.labels), val_images=len(val.labels))
-        model, detector, summary["detector"] = fit_detector(
-            result.model, train, val, params=params.detector, seed=params.base.seed
-        )
+        model, detector, summary["detector"] = fit_detector(result.model, train, val, params=params.detector, seed=seed)
         publish(
             paths, name=name, result=result, model=model, summary=summary, detector=detector, state_dir=state_dir,
             registered_name=f"{params.base.registered_model_prefix}{name}", class_names=train.class_names,

@@ -5,6 +5,7 @@ import signal
 import struct
 import tracemalloc
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
@@ -237,4 +238,54 @@ def test_decoding_workers_end_quietly_under_the_stages_sigterm_handler(tmp_path,
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert len(raw.images) == 2400
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def _png_bomb() -> bytes:
+    """A PNG header that declares 100000x100000 pixels (far past Pillow's limit), with almost no data behind it."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    data = chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + data + chunk(b"IEND", b"")
+
+
+def _hostile_zip(path, case: str, per_folder: int):
+    """A CIFAKE zip with one hostile entry, train/REAL/hostile.*: encrypted, in an unsupported compression method, or a
+    PNG decompression bomb."""
+    files = cifake_files(per_folder=per_folder, duplicates=0)
+    name = "train/REAL/hostile.png" if case == "bomb" else "train/REAL/hostile.jpg"
+    write_zip(path, files | {name: _png_bomb() if case == "bomb" else files["train/REAL/0000 (0).jpg"]})
+    if case in ("encrypted", "compression"):
+        data = bytearray(path.read_bytes())
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(name)
+        central = data.rindex(b"PK\x01\x02")  # the last directory record: the hostile entry, written last
+        assert data[central + 46 : central + 46 + len(name)] == name.encode()
+        if case == "encrypted":  # general-purpose flag bit 0, in the local header and the central directory
+            for flags in (info.header_offset + 6, central + 8):
+                data[flags] |= 0x01
+        else:  # method 97 (WavPack), which zipfile cannot decompress
+            for method in (info.header_offset + 8, central + 10):
+                data[method : method + 2] = struct.pack("<H", 97)
+        path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("pooled", [False, True], ids=["main-process", "worker-pool"])
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("encrypted", r"hostile\.jpg could not be read \(.*encrypted.*\); repack the archive without a password"),
+        ("compression", r"hostile\.jpg could not be read \(.*compression.*\); repack the archive with deflate"),
+        ("bomb", r"hostile\.png declares too many pixels to decode \(.*\), expected 32x32"),
+    ],
+)
+def test_hostile_entries_get_one_line_by_name(tmp_path, capfd, case, message, pooled):
+    archive = _hostile_zip(tmp_path / f"{case}.zip", case, per_folder=600 if pooled else 4)
+    with pytest.raises(DataError, match=message) as info:
+        cifake.decode_entries(cifake.read_zip(archive), workers=2 if pooled else 1)
+    assert "\n" not in str(info.value) and str(archive) in str(info.value)
     assert "Traceback" not in capfd.readouterr().err

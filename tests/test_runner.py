@@ -15,7 +15,7 @@ from realfake.pipeline.runner import expand_stages, plan
 
 def test_plan_runs_what_a_target_needs_in_order():
     stages = expand_stages(yaml.safe_load((REPO / "dvc.yaml").read_text()))
-    assert plan(stages, ["evaluate@fast"]) == ["download", "prepare", "train@fast", "evaluate@fast"]
+    assert plan(stages, ["evaluate@fast"]) == ["check_params", "download", "prepare", "train@fast", "evaluate@fast"]
     needed = plan(stages, ["cross_evaluate"])
     assert needed[-1] == "cross_evaluate" and {"train_3class@efficientnet_3class", "train_3class@fast_3class"} <= set(
         needed

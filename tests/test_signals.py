@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from stage_helpers import REPO, copy_repo, sh, tiny_params, write_params, write_prepared
 
 from realfake.fileio import atomic_path
+from realfake.pipeline import process
 from realfake.pipeline.process import Terminated
 
 
@@ -57,6 +58,24 @@ def test_atomic_outputs_vanish_on_termination_and_after_a_killed_writer(tmp_path
     assert target.read_text() == "{}" and not stale.exists() and alive.exists()
 
 
+def test_sigterm_inside_a_shielded_store_call_is_raised_when_the_call_returns():
+    previous = signal.getsignal(signal.SIGTERM)
+    process.on_sigterm()
+    finished = []
+    try:
+        with pytest.raises(Terminated), process.shielded():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here, inside the block
+            finished.append("store write")
+        assert finished == ["store write"]
+        process.on_sigterm()
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def test_sigterm_ends_a_training_stage_killed_and_resumable(tmp_path, mlflow_uri):
     write_prepared(tmp_path, sizes=(("train", 256), ("val", 32), ("test", 32)))
     args = write_params(tmp_path, tiny_params(**{"models.cnn": {"epochs": 200}}))
@@ -87,6 +106,12 @@ def test_a_stage_dies_with_the_dvc_repro_that_started_it(tmp_path, cifake_zip, m
     write_params(work, params)
     sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "long cnn", cwd=work, env=env)
     write_prepared(work, sizes=(("train", 256), ("val", 32), ("test", 32)))  # what prepare would give, sooner
+    previous = {work / "models" / "cnn.keras": b"the previous good model",
+                work / "metrics" / "train" / "cnn.json": b'{"describes": "the previous good model"}\n'}  # fmt: skip
+    for path, content in previous.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    sh(sys.executable, "-m", "dvc", "repro", "--single-item", "check_params", cwd=work, env=env)  # train@cnn's gate
     repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", "train@cnn"], cwd=work, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
@@ -112,7 +137,7 @@ def test_a_stage_dies_with_the_dvc_repro_that_started_it(tmp_path, cifake_zip, m
             os.kill(pid, signal.SIGKILL)
     train = [r for r in stage_runs(mlflow_uri) if r.data.tags.get("stage") == "train"]
     assert [r.info.status for r in train] == ["KILLED"], [(r.info.status, r.data.tags) for r in train]
-    assert not (work / "models" / "cnn.keras").exists()
+    assert {path: path.read_bytes() for path in previous} == previous  # `persist`: the last good outputs stay
     assert not leftovers(work)
 
 

@@ -252,7 +252,13 @@ def test_the_end_of_a_run_says_whether_the_store_took_it(mlflow_uri, tmp_path, m
         mlflow.tracking.fluent._active_run_stack.get().clear()
         raise ConnectionError("the store went away")
 
-    monkeypatch.setattr(mlflow, "end_run", store_gone)
+    monkeypatch.setattr(mlflow, "end_run", store_gone)  # a hiccup: a fresh client ends the run once more
+    with pytest.raises(process.Terminated), tracking.stage_run("train", repo_root=tmp_path, experiment="t", params={}):
+        raise process.Terminated("stopped by signal SIGTERM")
+    assert tracking.last_end()["accepted"]
+    assert MlflowClient(mlflow_uri).get_run(tracking.last_end()["run_id"]).info.status == "KILLED"
+
+    monkeypatch.setattr(MlflowClient, "set_terminated", store_gone)  # gone for good
     with pytest.raises(process.Terminated), tracking.stage_run("train", repo_root=tmp_path, experiment="t", params={}):
         raise process.Terminated("stopped by signal SIGTERM")
     assert tracking.last_end()["accepted"] is False

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import glob
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ def _running(pid: int) -> bool:
     return True
 
 
-@contextmanager
+@contextlib.contextmanager
 def atomic_path(final: Path, *, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `final`; on success it replaces `final`, on error (or a signal that unwinds,
     see `pipeline.process`) it is removed. Siblings left by dead writers are removed first."""
@@ -57,9 +58,28 @@ def atomic_path(final: Path, *, is_dir: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_paths(*finals: Path, commit_guard=contextlib.nullcontext) -> Iterator[list[Path]]:
+    """`atomic_path` for several outputs that belong together: all are written to temporary siblings, and only when
+    the block succeeds do they replace their finals, one right after the other, inside `commit_guard()` (a context
+    that holds off signals, say); on error none does."""
+    with contextlib.ExitStack() as stack:
+        staged = [stack.enter_context(atomic_path(final)) for final in finals]
+        yield staged
+        with commit_guard():
+            stack.close()
+
+
 def write_json(path: Path, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def save_arrays(path: Path, **arrays: np.ndarray) -> None:

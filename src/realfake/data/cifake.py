@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import re
 import signal
+import warnings
 import zipfile
 import zlib
 from collections import Counter
@@ -245,8 +246,16 @@ def _decode_into(entry: Entry, out: np.ndarray) -> str | None:
         return _too_large(None)
     except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
         return f"could not be read ({_reason(exc)}); the archive is damaged: download it again"
+    except NotImplementedError as exc:  # zipfile: "That compression method is not supported"
+        return f"could not be read ({_reason(exc)}); repack the archive with deflate or no compression"
+    except RuntimeError as exc:  # zipfile: "File ... is encrypted, password required for extraction"
+        return f"could not be read ({_reason(exc)}); repack the archive without a password"
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        # A bomb-sized header is refused by its size below, never decoded: its warning would only add noise.
+        with (
+            warnings.catch_warnings(action="ignore", category=Image.DecompressionBombWarning),
+            Image.open(io.BytesIO(data)) as im,
+        ):
             if im.mode != "RGB":
                 kind = {"L": "grayscale", "RGBA": "RGBA (has an alpha channel)", "P": "palette", "1": "1-bit"}
                 return f"is {kind.get(im.mode, im.mode)} (mode {im.mode}), expected RGB"
@@ -256,6 +265,8 @@ def _decode_into(entry: Entry, out: np.ndarray) -> str | None:
             return None
     except UnidentifiedImageError:
         return f"is not a readable image (not a JPEG or PNG; it starts with {data[:16]!r})"
+    except Image.DecompressionBombError as exc:  # refused before any pixel is decoded
+        return f"declares too many pixels to decode ({_reason(exc)}), expected 32x32"
     except (OSError, SyntaxError, ValueError) as exc:
         return f"is not a readable image ({_reason(exc)})"
 

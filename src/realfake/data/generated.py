@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from realfake.data.cifake import CLASSES, SPLITS, RawDataset
+from realfake.errors import DataError
 
 # Folder of the generated class inside the zip, beside CIFAKE's REAL and FAKE.
 GENERATED_CLASS = "DCGAN"
@@ -43,6 +44,14 @@ def real_train_images(raw: RawDataset) -> np.ndarray:
     indices = np.flatnonzero(chosen)
     _, first = np.unique(raw.digests[indices], return_index=True)
     return raw.images[indices[np.sort(first)]]
+
+
+def dcgan_training_images(raw: RawDataset, *, count: int | None, seed: int, source: Path) -> np.ndarray:
+    """A seeded sample of `count` `real_train_images` (all when None); a DataError naming `source` if there are none."""
+    images = sample_images(real_train_images(raw), count=count, seed=seed)
+    if not len(images):
+        raise DataError(f"{source}: holds no train/REAL images to train the DCGAN on")
+    return images
 
 
 def sample_images(images: np.ndarray, *, count: int | None, seed: int) -> np.ndarray:
@@ -76,6 +85,21 @@ def decode_jpegs(blobs: Sequence[bytes]) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             images.append(np.asarray(im.convert("RGB")))
     return np.stack(images)
+
+
+def store_like_cifake(images: np.ndarray, *, quality: int, subsampling: str) -> tuple[list[bytes], np.ndarray, dict]:
+    """Generated uint8 images stored as CIFAKE stores its own: (JPEG bytes, the pixels they decode to, a report of
+    their count, mean size and what JPEG changed). Consumers get the decoded pixels, never the generator's output."""
+    blobs = encode_jpegs(images, quality=quality, subsampling=subsampling)
+    stored = decode_jpegs(blobs)
+    sizes = np.array([len(b) for b in blobs])
+    report = {
+        "images": len(images),
+        "mean_bytes": float(sizes.mean()) if len(sizes) else 0.0,
+        # What JPEG changed: mean absolute difference in pixel levels 0..255.
+        "jpeg_mean_abs_error": float(np.abs(stored.astype(np.int16) - images).mean()) if len(images) else 0.0,
+    }
+    return blobs, stored, report
 
 
 def member_name(split: str, index: int) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from realfake.data.images import fit
+from realfake.progress import batch_starts
 
 if TYPE_CHECKING:
     import keras
@@ -48,7 +49,7 @@ def embed(model: keras.Model, images: np.ndarray, *, batch_size: int) -> np.ndar
     extractor = keras.Model(model.inputs[0], feature_layer(model).input)
     views = next((layer.views for layer in model.layers if isinstance(layer, TTAViews)), 1)
     out = []
-    for start in range(0, len(images), batch_size):
+    for start in batch_starts(len(images), batch_size, desc=f"features of {model.name}"):
         batch = images[start : start + batch_size]
         features = np.asarray(extractor(batch.astype(np.float32), training=False), dtype=np.float64)
         out.append(features.reshape(views, len(batch), -1).mean(axis=0))

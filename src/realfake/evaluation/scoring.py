@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from realfake.evaluation.metrics import binary_predictions, binary_report
+from realfake.progress import batch_starts
 
 if TYPE_CHECKING:  # importing keras pulls in TensorFlow; the functions below take a model, they do not build one
     import keras
@@ -40,7 +41,7 @@ def predict_proba(model: keras.Model, images: np.ndarray, *, batch_size: int) ->
     # cores), repaid only over several batches (it then runs ~3.5x faster than eager calls); one batch runs eagerly.
     one_batch = len(images) <= batch_size
     outputs = []
-    for start in range(0, len(images), batch_size):
+    for start in batch_starts(len(images), batch_size, desc=f"scoring with {model.name}"):
         # Cast per batch: a float32 copy of a whole test set is four times its uint8 size.
         batch = images[start : start + batch_size].astype(np.float32)
         scores = model(batch, training=False) if one_batch else model.predict_on_batch(batch)

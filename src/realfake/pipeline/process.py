@@ -27,11 +27,32 @@ class Terminated(BaseException):
     """SIGTERM arrived: unwind like KeyboardInterrupt (a BaseException, so `except Exception` does not swallow it)."""
 
 
+_shield = {"depth": 0, "pending": None}
+
+
 def _raise_terminated(signum, frame):
     # Once: a second SIGTERM (the parent-death signal and the watcher both send one) must not interrupt the cleanup
     # that the first one started (removing temporary files, ending the MLflow run KILLED).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated(f"stopped by signal {signal.Signals(signum).name}")
+    message = f"stopped by signal {signal.Signals(signum).name}"
+    if _shield["depth"]:
+        _shield["pending"] = message  # raised when the shielded call returns
+        return
+    raise Terminated(message)
+
+
+@contextlib.contextmanager
+def shielded():
+    """Hold SIGTERM's `Terminated` until the block ends. An exception raised inside a store write can leave its
+    database connection holding a write lock, and the stage could then not mark its own run KILLED."""
+    _shield["depth"] += 1
+    try:
+        yield
+    finally:
+        _shield["depth"] -= 1
+        if not _shield["depth"] and (message := _shield["pending"]):
+            _shield["pending"] = None
+            raise Terminated(message)
 
 
 def on_sigterm() -> None:

@@ -8,10 +8,7 @@ Exit status: 0 done; 1 a user-fixable error (printed as one line naming the file
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
-import importlib.abc
-import importlib.util
 import logging
 import os
 import sys
@@ -19,7 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from realfake.errors import RealfakeError
+from realfake import quiet_tensorflow
+from realfake.errors import DataError, RealfakeError
 from realfake.paths import ProjectPaths
 from realfake.pipeline import process
 
@@ -40,41 +38,6 @@ def _store_error(exc: BaseException) -> bool:
     return bool(modules & {"mlflow", "sqlalchemy", "requests", "urllib3"})
 
 
-class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
-    """Imports TensorFlow, whenever a stage first does, with file descriptor 2 silenced (`realfake.quiet_native_stderr`)
-    and its devices probed in that silence: its C++ start-up lines (oneDNN and CPU-feature notices, absl's
-    "before InitializeLog" warning, a `cuInit` error on machines without a GPU) come before its log level applies.
-    Stages that never import TensorFlow do not pay its start-up. REALFAKE_NATIVE_LOGS=1 shows the lines."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
-            return None
-        sys.meta_path.remove(self)  # once; find_spec below must not come back here
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        exec_module = spec.loader.exec_module
-
-        def quiet_exec(module):
-            from realfake import quiet_native_stderr
-
-            with quiet_native_stderr():
-                exec_module(module)
-                with contextlib.suppress(Exception):  # the GPU probe (cuInit) happens here, silenced, not later
-                    module.config.list_physical_devices()
-
-        spec.loader.exec_module = quiet_exec
-        return spec
-
-
-def quiet_tensorflow() -> None:
-    """Set up the quiet TensorFlow start (see `_QuietTensorFlowImport`); a no-op once TensorFlow is imported."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # its Python-side info and warning lines
-    if "tensorflow" in sys.modules or any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
-        return
-    sys.meta_path.insert(0, _QuietTensorFlowImport())
-
-
 def _run_ending() -> str:
     """What became of the stage's MLflow run when it was interrupted, as the store confirmed it."""
     from realfake.pipeline import tracking
@@ -93,6 +56,16 @@ def _file_digest(path: Path) -> str | None:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError:
         return None
+
+
+_params_read: dict[str, object] = {}  # the params file this stage read at its start, and its digest then
+
+
+def check_params_unchanged() -> None:
+    """Raise if the params file changed since the stage started; a no-op outside `run`. Training stages call it just
+    before they replace their outputs, so a refused stage leaves the previous model and metrics in place."""
+    if _params_read:
+        _check_params_unchanged(_params_read["path"], _params_read["digest"])
 
 
 def _check_params_unchanged(path: Path, before: str | None) -> None:
@@ -161,13 +134,14 @@ def run(
         level=os.environ.get("REALFAKE_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    quiet_tensorflow()
+    quiet_tensorflow()  # also when realfake was imported after TensorFlow
     process.on_sigterm()
     process.die_with_launcher()
     args = parse_args(description, root, extra_args)
     label = Path(script).stem + (f"@{args.model}" if isinstance(getattr(args, "model", None), str) else "")
     started, outcome = time.monotonic(), "failed"
     params_before = _file_digest(args.params)
+    _params_read.update(path=args.params, digest=params_before)
     try:
         main(ProjectPaths(root), args)
         _check_params_unchanged(args.params, params_before)
@@ -207,11 +181,18 @@ def model_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a models.<name> section of params.yaml")
 
 
+def load_raw(paths: ProjectPaths):
+    """The decoded CIFAKE of this repository (data/raw/cifake.npz), or one line naming the stage that makes it."""
+    from realfake.data.cifake import RawDataset
+    from realfake.fileio import load_arrays
+
+    if not paths.raw_dataset.exists():
+        raise DataError(f"{paths.raw_dataset}: decoded CIFAKE not found; run `dvc repro download` first")
+    return RawDataset.from_arrays(load_arrays(paths.raw_dataset))
+
+
 def load_split(paths: ProjectPaths, name: str, *, image_size: int):
     """The prepared split `name` (train, val or test) of this repository, checked (see `data.prepare.load_split`)."""
     from realfake.data.prepare import load_split as load
 
     return load(paths.prepared_split(name), image_size=image_size)
-
-
-quiet_tensorflow()  # at import: stage scripts import this module before the library code that imports TensorFlow

@@ -65,7 +65,8 @@ def _with_retries(action, *, attempts: int = 5, delay_s: float = 1.0):
     """Two queued experiments share one sqlite file; a locked database is worth a few retries."""
     for attempt in range(attempts):
         try:
-            return action()
+            with process.shielded():
+                return action()
         except Exception as exc:  # sqlite "database is locked" surfaces as several MLflow exception types
             if "locked" not in str(exc).lower() or attempt == attempts - 1:
                 raise
@@ -216,9 +217,14 @@ def _end(run_id: str, parent: str | None, status: str, uri: str) -> bool:
     from mlflow.tracking import MlflowClient
 
     try:
-        mlflow.end_run(status=status)
-        if parent:
-            MlflowClient(uri).set_terminated(parent, status)
+        with process.shielded():
+            try:
+                mlflow.end_run(status=status)
+            except Exception:  # noqa: BLE001  the fluent run is dropped already; a fresh client tries once more
+                time.sleep(1.0)
+                MlflowClient(uri).set_terminated(run_id, status)
+            if parent:
+                _with_retries(lambda: MlflowClient(uri).set_terminated(parent, status))
     except Exception as exc:  # noqa: BLE001  the next stage that reaches the store marks the run FAILED
         log.error("could not mark MLflow run %s %s in %s (%s)", run_id, status, uri, str(exc).splitlines()[0][:200])
         return False
