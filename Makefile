@@ -92,7 +92,5 @@ gpu-prep: $(VENV)/.installed  # .whl and .gpu for benchmarks/gpu_run.sh (docs/be
 		-d .whl $(GPU_WHEELS)
 	$(BIN)/python benchmarks/ship_archive.py pack data/cifake.zip .gpu/cifake-large.jpgs.xz
 
-clean-state:  # forget interrupted-training state (0-byte lock files included), download caches, failed runs' state
-	rm -rf .cache/state .cache/downloads
-	test -z "$$REALFAKE_STATE_DIR" || find "$$REALFAKE_STATE_DIR" -name '*.lock' -size 0 -delete
-	test ! -d .dvc/tmp || find .dvc/tmp -type d -path '*/.cache/state' -prune -exec rm -rf {} +
+clean-state: $(VENV)/.installed-run  # forget interrupted and failed trainings' state, their lock files, the download cache
+	$(BIN)/python -m realfake.pipeline.clean_state  # REALFAKE_STATE_DIR too; keeps what a running training holds

@@ -47,7 +47,7 @@ def main(paths, args) -> None:
         samples = gan_report.write_outputs(result, model_file=paths.model_file("dcgan_generator"),
                                            plots=paths.plots / "dcgan", dcgan=dcgan, seed=seed)  # fmt: skip
         metrics = gan_report.summary(result, probe, train_images=len(images), feature_model=dcgan.quality_model,
-                                     wall_seconds=time.perf_counter() - started)  # fmt: skip
+                                     wall_seconds=time.perf_counter() - started, fingerprint=key)  # fmt: skip
         write_json(paths.metrics / "dcgan.json", metrics)
         tracking.set_tags(metrics, prefix="summary.")
         tracking.log_artifacts(paths.metrics / "dcgan.json", paths.model_file("dcgan_generator"))

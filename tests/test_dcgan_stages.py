@@ -215,6 +215,7 @@ def test_train_dcgan_writes_every_declared_output(trained):
     assert metrics["final"] == {"d_loss": float(rows[1]["d_loss"]), "g_loss": float(rows[1]["g_loss"])}
     assert metrics["images_per_s"] == pytest.approx(2 * N_DISTINCT_REAL_TRAIN / metrics["train_seconds"])
     assert not metrics["stopped_by_budget"]
+    assert metrics["training_fingerprint"] == trained.state.name  # the params and data it trained with
     assert not trained.state.exists()  # cleared after success
 
     with open(paths.plots / "dcgan" / "quality.csv") as fh:

@@ -1,9 +1,13 @@
 """After a stage succeeds, the state that failed or abandoned runs of it left (other fingerprints) and their 0-byte lock
-files are removed; a state a running training holds is kept."""
+files are removed; `make clean-state` removes all of it; a state a running training holds is kept."""
 
 import fcntl
+import subprocess
+
+from stage_helpers import REPO
 
 from realfake.paths import ProjectPaths
+from realfake.pipeline import clean_state
 from realfake.pipeline.stage import _sweep_after_success, sweep_stale_state
 
 
@@ -32,3 +36,35 @@ def test_only_the_succeeded_stages_own_folder_is_swept(tmp_path):
     assert (paths.state / "train" / "cnn" / "old").is_dir()  # another model's interrupted run may resume
     _sweep_after_success(paths, "evaluate", "cnn")  # keeps no state: touches nothing
     assert (paths.state / "train" / "cnn" / "old").is_dir()
+
+
+def _state(root, *parts):
+    folder = root.joinpath(*parts)
+    folder.mkdir(parents=True)
+    (folder / "progress.json").write_text("{}")
+    folder.with_name(folder.name + ".lock").touch()
+    return folder
+
+
+def test_clean_state_forgets_every_unheld_state_also_under_realfake_state_dir(tmp_path, monkeypatch):
+    repo, shared = tmp_path / "repo", tmp_path / "shared-state"
+    monkeypatch.setenv("REALFAKE_STATE_DIR", str(shared))
+    interrupted = _state(shared, "train", "fast", "abc")
+    running = _state(shared, "train", "cnn", "def")
+    local = _state(repo, ".cache", "state", "train_dcgan", "123")
+    copy = _state(repo, ".dvc", "tmp", "exps", "run", "x1", ".cache", "state", "train", "fast", "456")
+    (repo / ".cache" / "downloads").mkdir(parents=True)
+    (repo / ".cache" / "downloads" / "cifake.zip.part").write_bytes(b"half")
+    with open(running.with_name("def.lock"), "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a training that still runs
+        assert clean_state.main([str(repo)]) == 0
+    for gone in (interrupted, local, copy):
+        assert not gone.exists() and not gone.with_name(gone.name + ".lock").exists()
+    assert (running / "progress.json").is_file() and running.with_name("def.lock").exists()
+    assert not (repo / ".cache" / "downloads").exists()
+    assert not (shared / "train" / "fast").exists()  # emptied folders go too
+
+
+def test_make_clean_state_runs_the_cleaner():
+    dry = subprocess.run(["make", "-n", "clean-state"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0 and "-m realfake.pipeline.clean_state" in dry.stdout, dry.stdout + dry.stderr

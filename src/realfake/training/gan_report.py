@@ -33,10 +33,10 @@ def write_outputs(result: GanResult, *, model_file: Path, plots: Path, dcgan: Dc
     return samples
 
 
-def summary(result: GanResult, probe: QualityProbe, *, train_images: int, feature_model: str,
-            wall_seconds: float) -> dict:  # fmt: skip
+def summary(result: GanResult, probe: QualityProbe, *, train_images: int, feature_model: str, wall_seconds: float,
+            fingerprint: str) -> dict:  # fmt: skip
     """metrics/dcgan.json: training extent and speed, final losses, and the quality of the last epoch against the
-    untrained generator and against real images."""
+    untrained generator and against real images; `fingerprint` names the params and data it trained with."""
     history = result.history
     train_seconds = sum(e["train_seconds"] for e in history)
     return {
@@ -59,4 +59,5 @@ def summary(result: GanResult, probe: QualityProbe, *, train_images: int, featur
         "wall_seconds": wall_seconds,  # the stage's call, from loading params to the last output
         "resumed_epochs": result.resumed_epochs,  # epochs carried over from an interrupted run (0 = fresh start)
         "cpu_count": os.cpu_count(),
+        "training_fingerprint": fingerprint,  # dcgan params, seed, images and the feature model (training.state)
     }
