@@ -21,15 +21,20 @@ stage.run(main, description="probe", script=__file__)
 """
 
 
+def run_probe(root: Path, source: str, *, timeout: int, **env) -> subprocess.CompletedProcess:
+    """Run `source` as the stage script stages/probe.py of a repository at `root` whose params.yaml sets seed 1."""
+    (root / "stages").mkdir()
+    script = root / "stages" / "probe.py"
+    script.write_text(source)
+    (root / "params.yaml").write_text("base: {seed: 1}\n")
+    env = {**os.environ, "PYTHONPATH": str(SRC), **env}
+    return subprocess.run([sys.executable, str(script)], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
 @pytest.mark.parametrize("rewrite", [False, True])
 def test_params_rewritten_during_a_stage_fail_it(tmp_path, rewrite):
-    (tmp_path / "stages").mkdir()
-    script = tmp_path / "stages" / "probe.py"
-    script.write_text(PROBE.format(rewrite=rewrite))
-    (tmp_path / "params.yaml").write_text("base: {seed: 1}\n")
-    env = {**os.environ, "PYTHONPATH": str(SRC), "MLFLOW_TRACKING_URI": ""}
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    done = run_probe(tmp_path, PROBE.format(rewrite=rewrite), timeout=120, MLFLOW_TRACKING_URI="")
     if not rewrite:
         assert done.returncode == 0, done.stderr
         return
@@ -62,19 +67,13 @@ stage.run(main, description="probe", script=__file__)
 @pytest.mark.parametrize("rewrite", [False, True])
 def test_a_refused_training_stage_leaves_the_previous_model_and_metrics(tmp_path, rewrite):
     """The params check comes before the outputs are replaced, and they are replaced together."""
-    (tmp_path / "stages").mkdir()
-    script = tmp_path / "stages" / "probe.py"
-    script.write_text(PUBLISH_PROBE.format(rewrite=rewrite))
-    (tmp_path / "params.yaml").write_text("base: {seed: 1}\n")
     previous = {tmp_path / "models" / "fast.keras": b"the previous good model",
                 tmp_path / "metrics" / "train" / "fast.json": b'{"describes": "the previous good model"}\n',
                 tmp_path / "plots" / "train" / "fast.csv": b"loss\n0.9\n"}  # fmt: skip
     for path, content in previous.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
-    env = {**os.environ, "PYTHONPATH": str(SRC), "REALFAKE_TRACKING": "off"}
-    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=180)  # fmt: skip
+    done = run_probe(tmp_path, PUBLISH_PROBE.format(rewrite=rewrite), timeout=180, REALFAKE_TRACKING="off")
     now = {path: path.read_bytes() for path in previous}
     assert not [p for p in tmp_path.rglob(".*.tmp")], "staged outputs left behind"
     if rewrite:
