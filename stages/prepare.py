@@ -1,8 +1,7 @@
 """Stage `prepare`: sample per class, carve a validation split, augment, shuffle; write uint8 train/val/test arrays."""
 
-from realfake.data.cifake import RawDataset
 from realfake.data.prepare import prepare_splits
-from realfake.fileio import atomic_path, load_arrays, save_arrays, write_json
+from realfake.fileio import atomic_path, save_arrays, write_json
 from realfake.params import load_params
 from realfake.pipeline import stage, tracking
 
@@ -11,7 +10,7 @@ def main(paths, args) -> None:
     params = load_params(args.params, sections=["base", "prepare"])
     section = {"seed": params.base.seed, "prepare": params.raw["prepare"]}
     with tracking.stage_run("prepare", repo_root=paths.root, experiment=params.base.mlflow_experiment, params=section):
-        raw = RawDataset.from_arrays(load_arrays(paths.raw_dataset))
+        raw = stage.load_raw(paths)
         p = params.prepare
         splits, report = prepare_splits(
             raw, per_class=p.per_class, val_fraction=p.val_fraction, augmentations=p.augment,

@@ -6,10 +6,8 @@ the whole archive, plus the generated DCGAN train images, of which `train_3class
 validation beside the prepared validation split. The test split is not read here.
 """
 
-from realfake.data.cifake import RawDataset
 from realfake.data.threeclass import archive_sample, load_dcgan_train, three_class_splits
 from realfake.errors import ParamsError
-from realfake.fileio import load_arrays
 from realfake.params import load_params
 from realfake.pipeline import stage, tracking
 from realfake.pipeline.training_run import MlflowEpochs, publish
@@ -21,7 +19,7 @@ def real_and_sd(paths, params, val):
     per_class, size = params.train_3class.cifake_per_class, params.base.image_size
     if per_class is None:
         return stage.load_split(paths, "train", image_size=size), params.prepare.augment
-    raw = RawDataset.from_arrays(load_arrays(paths.raw_dataset))
+    raw = stage.load_raw(paths)
     train, report = archive_sample(raw, per_class=per_class, val=val, seed=params.base.seed,
                                    drop_test_overlap=params.prepare.drop_test_overlap)  # fmt: skip
     tracking.set_tags(report, prefix="archive_sample.")

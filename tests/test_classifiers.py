@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 from conftest import REPO
@@ -18,7 +16,7 @@ from realfake.training.fit import fit_classifier
 @pytest.mark.parametrize("jit_compile", [True, False])
 def test_each_model_section_decides_its_own_xla_compilation(tmp_path, jit_compile):
     params = load_params(REPO / "params.yaml", sections=["train", "models.cnn"])
-    spec = dataclasses.replace(params.models["cnn"], epochs=1, batch_size=16, jit_compile=jit_compile)
+    spec = params.models["cnn"].model_copy(update=dict(epochs=1, batch_size=16, jit_compile=jit_compile))
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8)
     labels = (np.arange(48) % 2).astype(np.uint8)
@@ -33,8 +31,8 @@ def test_each_model_section_decides_its_own_xla_compilation(tmp_path, jit_compil
 
 def test_degradations_budget_and_test_curve_travel_from_the_section_into_the_fit(tmp_path, monkeypatch):
     params = load_params(REPO / "params.yaml", sections=["train", "models.fast_robust"])
-    spec = dataclasses.replace(params.models["fast_robust"], epochs=3, batch_size=16, stage_filters=(4, 8),
-                               warmup_epochs=0, jit_compile=False, max_train_minutes=1e-6)  # fmt: skip
+    spec = params.models["fast_robust"].model_copy(update=dict(epochs=3, batch_size=16, stage_filters=(4, 8),
+                               warmup_epochs=0, jit_compile=False, max_train_minutes=1e-6))  # fmt: skip
     assert spec.degrade, "models.fast_robust lists no degradations"
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
@@ -64,6 +62,6 @@ def test_degradations_budget_and_test_curve_travel_from_the_section_into_the_fit
 
     # Degradations change the batches, so they are part of the state's fingerprint: no resuming across them.
     with pytest.raises(NotImplementedError):
-        train_classifier("fast_robust", dataclasses.replace(spec, degrade=()), params.train, train, val, seed=5,
+        train_classifier("fast_robust", spec.model_copy(update=dict(degrade=())), params.train, train, val, seed=5,
                          state_root=tmp_path, test=test)  # fmt: skip
     assert calls[1][2]["state_dir"] != state_dir and calls[1][2]["fingerprint"] != settings["fingerprint"]

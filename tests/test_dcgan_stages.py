@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import importlib.util
 import io
 import json
@@ -353,7 +352,7 @@ def test_train_dcgan_fingerprint_follows_params_and_images():
     fp = fingerprint(params, 1, arrays=[images])
     assert fp == fingerprint(params, 1, arrays=[images.copy()])
     assert fp != fingerprint(params, 2, arrays=[images])
-    assert fp != fingerprint(dataclasses.replace(params, epochs=params.epochs + 1), 1, arrays=[images])
+    assert fp != fingerprint(params.model_copy(update=dict(epochs=params.epochs + 1)), 1, arrays=[images])
     assert fp != fingerprint(params, 1, arrays=[images[:-1]])
     changed = images.copy()
     changed[0, 0, 0, 0] ^= 1

@@ -1,11 +1,14 @@
 """Sampling, splitting, de-duplication and augmentation of decoded arrays."""
 
+import typing
+
 import numpy as np
 import pytest
 
 from realfake.data.cifake import RawDataset, pixel_digests
-from realfake.data.prepare import augment, load_split, prepare_splits
+from realfake.data.prepare import AUGMENTATIONS, augment, load_split, prepare_splits
 from realfake.errors import DataError, ParamsError
+from realfake.params import Augmentation
 
 
 def make_raw(n_train=40, n_test=10, dup_pairs=5, test_leaks=2, seed=0) -> RawDataset:
@@ -88,9 +91,12 @@ def test_augmented_train_shuffled_with_labels_kept():
         assert by_digest.get(d, by_digest.get(f)) == label  # each image or its mirror is a source of that label
 
 
-def test_unknown_augmentation():
-    with pytest.raises(ParamsError, match="prepare.augment.*'blur'.*rot90, hflip"):
-        augment(np.zeros((1, 32, 32, 3), np.uint8), np.zeros(1), ["blur"])
+def test_every_allowed_augmentation_has_its_copy():
+    """params.Augmentation is the one list of names (params.yaml's check); each has its stored copy here."""
+    assert set(typing.get_args(Augmentation)) == set(AUGMENTATIONS)
+    images = np.arange(2 * 32 * 32 * 3, dtype=np.uint8).reshape(2, 32, 32, 3)
+    copies, labels = augment(images, np.array([0, 1]), typing.get_args(Augmentation))
+    assert len(copies) == 6 and labels.tolist() == [0, 1] * 3 and not (copies[2:4] == images).all()
 
 
 def write_split(path, images, labels, class_names=("real", "fake")) -> None:

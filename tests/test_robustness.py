@@ -130,7 +130,7 @@ def test_stratified_sample_is_balanced_and_seeded():
         (["blur 1", "jpeg 100"], r"robustness.perturbations\[1\]: jpeg 100: JPEG quality"),
         (["blur 1", "blur 1.0"], "lists a perturbation twice"),
         (["blur"], r"robustness.perturbations\[0\]: 'blur': write each step as 'kind strength'"),
-        ([], "robustness.perturbations: list at least one perturbation"),
+        ([], "robustness.perturbations: list at least 1 entry, got \\[\\]"),
     ],
 )
 def test_bad_params_are_named(tmp_path, perturbations, message):

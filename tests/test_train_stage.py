@@ -1,6 +1,5 @@
 """The classifier stages: train@<model>, evaluate@<model>, train_3class (run through their main())."""
 
-import dataclasses
 import json
 import os
 import shutil
@@ -62,15 +61,15 @@ def test_repo_fast_model_fits_its_parameter_budget(tmp_path):
     spec = load_params(REPO / "params.yaml", sections=["models.fast"]).models["fast"]
     model = build_classifier("fast", spec, input_shape=(32, 32, 3), num_classes=2, seed=0)
     assert model.count_params() <= spec.max_parameters
-    small = dataclasses.replace(spec, max_parameters=model.count_params() - 1)
+    small = spec.model_copy(update=dict(max_parameters=model.count_params() - 1))
     with pytest.raises(ParamsError, match=r"models.fast: the network has [\d,]+ parameters, over models.fast.max_"):
         build_classifier("fast", small, input_shape=(32, 32, 3), num_classes=2, seed=0)
     three = build_classifier("fast", spec, input_shape=(32, 32, 3), num_classes=3, seed=0)  # fast_3class: softmax
     assert three.output_shape == (None, 3) and three.layers[-2].activation.__name__ == "softmax"
-    odd_block = dataclasses.replace(spec, space_to_depth=3)
+    odd_block = spec.model_copy(update=dict(space_to_depth=3))
     with pytest.raises(ParamsError, match="models.fast.space_to_depth: 3 does not divide the 32x32 images"):
         build_classifier("fast", odd_block, input_shape=(32, 32, 3), num_classes=2, seed=0)
-    far_shift = dataclasses.replace(spec, tta_max_shift=32)
+    far_shift = spec.model_copy(update=dict(tta_max_shift=32))
     with pytest.raises(ParamsError, match="models.fast.tta_max_shift: 32 px does not fit the 32x32 images"):
         build_classifier("fast", far_shift, input_shape=(32, 32, 3), num_classes=2, seed=0)
 

@@ -312,7 +312,7 @@ def decode_entries(entries: list[Entry], *, workers: int | None = None) -> RawDa
     _WORK = (entries, images)
     problems: list[tuple[int, str]] = []
     try:
-        bar = tqdm(total=n, desc="decoding images", unit="img", mininterval=1, leave=False)
+        bar = tqdm(total=n, desc="decoding images", unit="img", mininterval=1, leave=False, disable=None)
         if workers > 1 and "fork" in multiprocessing.get_all_start_methods() and n > chunk:
             with multiprocessing.get_context("fork").Pool(workers, initializer=_plain_worker_signals) as pool:
                 for (lo, hi), found in zip(ranges, pool.imap(_decode_range, ranges), strict=True):

@@ -126,7 +126,7 @@ def _download(url: str, dest: Path) -> None:
     with atomic_path(dest) as tmp, urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
         got = 0
-        with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}") as bar:
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {dest.name}", disable=None) as bar:
             while block := response.read(1 << 20):
                 out.write(block)
                 got += len(block)

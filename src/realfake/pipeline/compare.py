@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from realfake.pipeline.tracking import flatten
+
 WIDTH = 119
 # (column title, metrics file folder, key path)
 METRICS = (
@@ -37,15 +39,6 @@ def show(root: Path, *, all_commits: bool = False) -> list[dict]:
     if done.returncode != 0:
         raise RuntimeError(f"`dvc exp show` failed: {done.stderr.strip()[-1000:]}")
     return json.loads(done.stdout or "[]")
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out |= _flatten(value, f"{prefix}{key}.")
-        return out
-    return {prefix.rstrip("."): tree}
 
 
 def _data(rev: dict) -> tuple[dict, dict]:
@@ -76,7 +69,7 @@ def rows(shown: list[dict], *, model: str | None = None) -> list[dict]:
     out = []
     for base in shown:
         base_params, base_metrics = _data(base)
-        base_flat = _flatten(base_params)
+        base_flat = flatten(base_params)
         name = base.get("name") or str(base.get("rev", ""))[:7]
         chosen = model or base_model(base_metrics)
         out.append({"name": name, "model": chosen, "more": 0, "changed": {}, "baseline": True,
@@ -84,7 +77,7 @@ def rows(shown: list[dict], *, model: str | None = None) -> list[dict]:
         for experiment in base.get("experiments") or []:
             for rev in experiment.get("revs") or [experiment]:
                 params, metrics = _data(rev)
-                flat = _flatten(params)
+                flat = flatten(params)
                 changed = {
                     k: flat.get(k) for k in sorted(set(flat) | set(base_flat)) if flat.get(k) != base_flat.get(k)
                 }

@@ -40,7 +40,7 @@ def _yaml_load(text: str) -> Any:
 def changed_params(repo_root: Path, params_file: Path | None = None) -> dict[str, str]:
     """{dotted key: new value} of every param that differs from params.yaml at HEAD (git show HEAD:params.yaml);
     {} outside git or when nothing changed. Lists and dicts as JSON."""
-    from realfake.params import flatten
+    from realfake.pipeline.tracking import flatten
 
     params_file = params_file or Path(repo_root) / "params.yaml"
     try:

@@ -236,8 +236,6 @@ def log_params(params: Mapping[str, Any]) -> None:
         return
     import mlflow
 
-    from realfake.params import flatten
-
     flat = {k: str(v)[:MAX_PARAM_LENGTH] for k, v in flatten(dict(params)).items()}
     _with_retries(lambda: mlflow.log_params(flat))
 
@@ -267,8 +265,6 @@ def set_tags(values: Mapping[str, Any], *, prefix: str = "") -> None:
 def metric_values(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """Every numeric leaf of a nested dict as an MLflow metric: keys joined with '.', any character MLflow refuses in
     a name (spaces, '+', ...) made '_'."""
-    from realfake.params import flatten
-
     return {
         _METRIC_NAME.sub("_", f"{prefix}{k}"): float(v)
         for k, v in flatten(dict(metrics)).items()
@@ -287,3 +283,12 @@ def log_artifacts(*paths: Path, artifact_path: str | None = None) -> None:
             _with_retries(lambda p=path: mlflow.log_artifacts(str(p), artifact_path=artifact_path))
         elif path.exists():
             _with_retries(lambda p=path: mlflow.log_artifact(str(p), artifact_path=artifact_path))
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; a params section becomes its settings."""
+    if hasattr(tree, "model_dump"):
+        tree = tree.model_dump()
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    return {k: v for key, value in tree.items() for k, v in flatten(value, f"{prefix}{key}.").items()}

@@ -3,12 +3,11 @@ the saved model (and detector extras), the per-epoch history, the summary metric
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import keras
 
-from realfake.fileio import atomic_path, atomic_paths, write_json
+from realfake.fileio import atomic_paths, write_csv, write_json
 from realfake.models.detector import info_path, save_info
 from realfake.models.saving import save_model
 from realfake.pipeline import model_registry, process, stage, tracking
@@ -25,11 +24,7 @@ class MlflowEpochs(keras.callbacks.Callback):
 
 
 def write_history(path: Path, history: dict) -> None:
-    keys = list(history)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(keys)
-        writer.writerows(zip(*(history[k] for k in keys), strict=True))
+    write_csv(path, list(history), zip(*history.values(), strict=True))
 
 
 def publish(paths, *, name: str, result, model: keras.Model, summary: dict, detector, state_dir: Path,

@@ -22,8 +22,6 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
-from realfake.params import STRATEGIES
-
 if TYPE_CHECKING:
     import tensorflow as tf
 
@@ -59,8 +57,6 @@ SINGLE_PROCESS = Placement()
 
 def start(name: str) -> Placement:
     """Set up `name`'s processes and devices; call it before any other backend work. Idempotent."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown distribution strategy {name!r}; allowed: {', '.join(STRATEGIES)}")
     if name != "data_parallel":
         return SINGLE_PROCESS
     if keras.backend.backend() != "jax":
@@ -104,8 +100,6 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy | SingleDevice:
     """The scope to build a model in: TensorFlow's strategy for "auto", "default" and "mirrored" ("auto" =
     MirroredStrategy over all GPUs when there are several); `SingleDevice` under other backends and for
     "data_parallel", whose distribution is Keras' global setting (see `start`)."""
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown distribution strategy {name!r}; allowed: {', '.join(STRATEGIES)}")
     backend = keras.backend.backend()
     if backend != "tensorflow" or name == "data_parallel":
         if name == "mirrored":

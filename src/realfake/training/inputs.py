@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import keras
@@ -21,21 +20,12 @@ import numpy as np
 
 from realfake.data.perturb import Degradation, degrade_batch
 from realfake.data.transforms import pixel_permutations, symmetries
-from realfake.params import AUGMENTATIONS
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
 # Offsets added to the seed for each random stream, so shuffling, pixel transforms and degradations never share one.
 _TRANSFORM_STREAM, _DEGRADE_STREAM = 1, 2
-
-
-def check_augment(augment: Sequence[str]) -> tuple[str, ...]:
-    """Return `augment` as a tuple, or raise ValueError naming an unknown augmentation."""
-    for name in augment:
-        if name not in AUGMENTATIONS:
-            raise ValueError(f"unknown augmentation {name!r}; allowed: {', '.join(AUGMENTATIONS)}")
-    return tuple(augment)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +49,7 @@ class Batches:
 
     def __post_init__(self):
         images, labels = self.images, self.labels
-        object.__setattr__(self, "augment", check_augment(self.augment))
+        object.__setattr__(self, "augment", tuple(self.augment))
         if images.ndim != 4 or images.dtype != np.uint8:
             raise ValueError(f"images: expected a uint8 array (N, H, W, C), got {images.dtype} {images.shape}")
         if len(labels) != len(images):

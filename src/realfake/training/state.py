@@ -40,14 +40,16 @@ class StateInUseError(RealfakeError):
     """Another process is training into the same state folder."""
 
 
+def _settings(part: object) -> object:
+    if hasattr(part, "model_dump"):  # a params section
+        return part.model_dump(mode="json")
+    return dataclasses.asdict(part) if dataclasses.is_dataclass(part) else part
+
+
 def fingerprint(*parts: object, arrays: Sequence[np.ndarray] = ()) -> str:
     """A short hash of settings and data: resumable state is reused only for the very same training."""
     digest = hashlib.blake2b(digest_size=12)
-    digest.update(
-        json.dumps(
-            [dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts], sort_keys=True, default=str
-        ).encode()
-    )
+    digest.update(json.dumps([_settings(p) for p in parts], sort_keys=True, default=str).encode())
     for array in arrays:
         digest.update(np.ascontiguousarray(array).data)
     return digest.hexdigest()
