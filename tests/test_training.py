@@ -294,7 +294,7 @@ def test_pipeline_holds_no_float32_copy_of_the_data():
 # ----------------------------------------------------------------------------- optimizers, compile, strategy
 
 
-@pytest.mark.parametrize("name", ["adam", "adamax", "adamw", "sgd"])
+@pytest.mark.parametrize("name", typing.get_args(Optimizer))  # params.Optimizer: the one list of names
 def test_build_optimizer(name):
     optimizer = optim.build_optimizer(name, learning_rate=0.002, weight_decay=0.0)
     assert type(optimizer).__name__.lower() == name
@@ -302,10 +302,8 @@ def test_build_optimizer(name):
     assert not optimizer.weight_decay  # 0 switches decay off, even AdamW's own default of 0.004
 
 
-def test_every_allowed_optimizer_and_schedule_builds():
-    """params.Optimizer and params.Schedule are the one lists of names; each has its implementation."""
-    for name in typing.get_args(Optimizer):
-        assert isinstance(optim.build_optimizer(name, learning_rate=0.1, weight_decay=0.0), keras.optimizers.Optimizer)
+def test_every_allowed_schedule_builds():
+    """params.Schedule is the one list of names; each has its implementation."""
     for name in typing.get_args(Schedule):
         optim.learning_rate_schedule(name, learning_rate=0.01, warmup_epochs=0, epochs=5, steps_per_epoch=10)
 
