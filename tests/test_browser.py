@@ -141,7 +141,7 @@ def test_upload_an_image_and_read_the_verdict_from_the_page(served, tmp_path):
         browser.session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         browser.call("Runtime.enable")
         browser.wait_for("document.readyState === 'complete' && document.getElementById('model').textContent")
-        assert "shipped:fast" in browser.evaluate("document.getElementById('model').textContent")
+        assert detector.name in browser.evaluate("document.getElementById('model').textContent")
         root = browser.call("DOM.getDocument")["root"]["nodeId"]
         for image in (cifake, holiday):
             node = browser.call("DOM.querySelector", nodeId=root, selector="#files")["nodeId"]

@@ -160,12 +160,14 @@ def test_onnx_export_imports_no_glue():
 # ---- the shipped detector -----------------------------------------------------------------------------
 
 
-def test_the_shipped_export_is_current_small_and_matches_its_keras_model():
-    keras_file, onnx_file = serving_models.SHIPPED_KERAS, serving_models.SHIPPED_MODEL
+@pytest.mark.parametrize("name", serving_models.shipped_names())
+def test_every_shipped_export_is_current_small_and_matches_its_keras_model(name):
+    detector = serving_models.shipped_detector(name)
+    keras_file, onnx_file = detector.file("keras"), detector.file("onnx")
     assert onnx_file.stat().st_size <= 2 * 1024 * 1024 and keras_file.stat().st_size <= 2 * 1024 * 1024
     stored = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
     assert stored[onnx_export.SOURCE_SHA256] == hashlib.sha256(keras_file.read_bytes()).hexdigest(), (
-        "fast.onnx was exported from another fast.keras: re-export it (realfake.models.onnx_export.export_onnx)"
+        f"{onnx_file} was exported from another {keras_file.name}: re-export it (models.onnx_export.export_onnx)"
     )
     model = keras.models.load_model(keras_file, compile=False)
     rng = np.random.default_rng(11)
@@ -197,15 +199,17 @@ def test_the_export_stage_writes_a_checked_onnx_beside_the_model(tmp_path, mlflo
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     (tmp_path / "models").mkdir()
-    for name in ("fast.keras", "fast.detector.npz"):
-        (tmp_path / "models" / name).write_bytes((serving_models.SHIPPED / name).read_bytes())
+    shipped = serving_models.shipped_detector()  # the default shipped detector, as the pipeline's model `fast`
+    for kind, name in (("keras", "fast.keras"), ("detector", "fast.detector.npz")):
+        (tmp_path / "models" / name).write_bytes(shipped.file(kind).read_bytes())
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     stage.main(ProjectPaths(tmp_path), argparse.Namespace(model="fast", params=tmp_path / "params.yaml"))
     from mlflow.tracking import MlflowClient
 
     (version,) = MlflowClient(mlflow_uri).search_model_versions("name = 'realfake-fast-onnx'")  # onnx flavour
-    assert version.tags["source_sha256"] == hashlib.sha256(serving_models.SHIPPED_KERAS.read_bytes()).hexdigest()
+    source_sha256 = hashlib.sha256(shipped.file("keras").read_bytes()).hexdigest()
+    assert version.tags["source_sha256"] == source_sha256
     written = tmp_path / "models" / "fast.onnx"
     stored = {p.key: p.value for p in onnx.load(str(written)).metadata_props}
-    assert stored[onnx_export.SOURCE_SHA256] == hashlib.sha256(serving_models.SHIPPED_KERAS.read_bytes()).hexdigest()
+    assert stored[onnx_export.SOURCE_SHA256] == source_sha256
     assert serving_models.current_export(tmp_path / "models" / "fast.keras") == written

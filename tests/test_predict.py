@@ -483,7 +483,7 @@ def test_default_model_is_the_best_binary_one_on_validation_accuracy(models, ima
     [row] = json.loads(out)
     assert row["model"] == "softmax"
     code, out, err = run_cli(capsys, images["cifake.jpg"], "--format", "json", "--model", "shipped")
-    assert code == 0 and json.loads(out)[0]["model"] == "shipped:fast"
+    assert code == 0 and json.loads(out)[0]["model"] == f"shipped:{serving_models.default_shipped_name()}"
     assert row["p_fake"] == pytest.approx(
         float(expected_p_fake(models["softmax"], [images["cifake.jpg"]])[0]), abs=1e-6
     )
@@ -506,31 +506,45 @@ def test_predict_never_reads_the_repositorys_params_yaml(models, images, capsys,
 
 @pytest.fixture
 def shipped(models, tmp_path, monkeypatch) -> Path:
-    """The colour model's ONNX export (with its detector file) and a card, standing in for the shipped detector."""
-    folder = tmp_path / "shipped"
-    folder.mkdir()
-    model = folder / "fast.onnx"
-    model.write_bytes(models["colour_onnx"].read_bytes())
-    (folder / "fast.keras").write_bytes(models["colour"].read_bytes())
-    info_path(folder / "fast.keras").write_bytes(info_path(models["colour"]).read_bytes())
-    card = folder / "card.json"
-    card.write_text(json.dumps({"robustness": {"none": 0.97, "downscale_2": 0.875}, "test": {"threshold": 0.5}}))
-    monkeypatch.setattr(serving_models, "SHIPPED_MODEL", model)
-    monkeypatch.setattr(serving_models, "SHIPPED_KERAS", folder / "fast.keras")
-    monkeypatch.setattr(serving_models, "SHIPPED_CARD", card)
-    return model
+    """The colour model's ONNX export (with its detector file) and a card, standing in for the default shipped
+    detector `demo`, beside a second shipped detector `other` (the colour model too, with another card)."""
+    for name, resized in (("demo", 0.875), ("other", 0.5)):
+        folder = tmp_path / "shipped" / name
+        folder.mkdir(parents=True)
+        (folder / "colour.onnx").write_bytes(models["colour_onnx"].read_bytes())
+        (folder / "colour.keras").write_bytes(models["colour"].read_bytes())
+        info_path(folder / "colour.keras").write_bytes(info_path(models["colour"]).read_bytes())
+        files = {"onnx": "colour.onnx", "keras": "colour.keras", "detector": "colour.detector.npz"}
+        card = {"files": files, "robustness": {"none": 0.97, "downscale_2": resized}, "test": {"threshold": 0.5}}
+        (folder / "card.json").write_text(json.dumps(card))
+    (tmp_path / "shipped" / "DEFAULT").write_text("demo\n")
+    monkeypatch.setattr(serving_models, "SHIPPED", tmp_path / "shipped")
+    return tmp_path / "shipped" / "demo" / "colour.onnx"
 
 
 def test_default_model_outside_a_repo_is_the_shipped_detector(shipped, images, capsys):
     code, out, err = run_cli(capsys, images["green64"], images["white"], "--format", "json")
     assert code == 0
-    assert f"realfake: using the detector shipped with realfake ({shipped};" in err
+    assert f"realfake: using the detector shipped with realfake, shipped:demo ({shipped};" in err
     green, white = json.loads(out)
-    assert green["model"] == white["model"] == "shipped:fast"
+    assert green["model"] == white["model"] == "shipped:demo"
     assert (green["resampled"], white["resampled"]) == (True, False)
     assert (green["ood"], white["ood"]) == (False, True)  # its detector file came along
     assert green["p_fake"] == pytest.approx(p_colour(GREEN), abs=1e-4)
     assert "downscaled 2x and back: 0.875" in err  # the card's measured accuracy on resized images
+
+
+def test_another_shipped_detector_is_reachable_by_name_and_detectors_lists_them(shipped, images, capsys):
+    code, out, err = run_cli(capsys, images["green64"], "--format", "json", "--model", "shipped:other")
+    assert code == 0 and json.loads(out)[0]["model"] == "shipped:other"
+    assert "downscaled 2x and back: 0.500" in err  # its own card's figure, not the default's
+    code, out, err = run_cli(capsys, images["green64"], "--model", "shipped:nope")
+    assert code == 2 and "no shipped detector 'nope'; shipped here: shipped:demo, shipped:other" in err
+    code, out, err = run_cli(capsys, images["green64"], "--model", "shipped:../demo")  # a name, never a path
+    assert code == 2 and "no shipped detector '../demo'" in err
+    assert main(["detectors"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert [row[:3] for row in rows[1:3]] == [["shipped:demo", "yes", "?"], ["shipped:other", "?", "-"]]
 
 
 def test_no_trained_binary_model_is_a_clear_error(models, images, capsys, tmp_path, shipped):
@@ -722,15 +736,17 @@ def run_without_heavy_imports(*args, cwd: Path) -> dict:
     return {**report, "stdout": result.stdout, "stderr": result.stderr}
 
 
-def test_predict_on_onnx_imports_neither_tensorflow_keras_nor_mlflow(models, images, shipped, tmp_path):
+def test_predict_on_onnx_imports_neither_tensorflow_keras_nor_mlflow(models, images, shipped, tmp_path, monkeypatch):
     given = run_without_heavy_imports(images["good"], "--model", models["colour_onnx"], "--format", "json",
                                       cwd=tmp_path)  # fmt: skip
     assert given["code"] == 0 and given["heavy"] == [], given["stderr"]
     assert len(json.loads(given["stdout"])) == len(GOOD)
-    # The default outside a repository: the real shipped detector (fast.onnx; the fixture's patch is in-process only).
+    # The default outside a repository: the real default shipped detector (the fixture's patch is in-process only).
+    monkeypatch.undo()
+    real = serving_models.shipped_detector()
     default = run_without_heavy_imports(images["cifake.jpg"], "--max-fpr", "0.01", cwd=tmp_path)
     assert default["code"] == 0 and default["heavy"] == [], default["stderr"]
-    assert "fast.onnx" in default["stderr"] and "shipped:fast" in default["stdout"]
+    assert str(real.file("onnx")) in default["stderr"] and f"shipped:{real.name}" in default["stdout"]
 
 
 def test_a_pipeline_model_runs_from_its_current_onnx_export_else_through_keras(models, images, tmp_path):

@@ -172,13 +172,19 @@ def test_ship_writes_files_named_after_the_model_and_refuses_another_models(tmp_
     git(tmp_path, "add", "-A")
     git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
     shipped_experiment(tmp_path, "fast_robust")
-    import realfake.evaluation.reports as reports
+    import realfake.pipeline.model_card as model_card
 
-    monkeypatch.setattr(reports, "model_card", lambda card: f"# {card['model_section']}\n")
+    monkeypatch.setattr(model_card, "model_card", lambda card: f"# {card['model_section']}\n")
+    older = tmp_path / ship_module.SHIPPED / "older"  # shipped before, by another recipe: it stays
+    older.mkdir(parents=True)
+    (older / "card.json").write_text('{"model_section": "fast"}')
+    (tmp_path / ship_module.SHIPPED / "DEFAULT").write_text("older\n")
     exported = []
     monkeypatch.setattr(ship_module, "_export_onnx", lambda keras, onnx: exported.append((keras.name, onnx.name)))
     recipe = recipes.load_recipe(tmp_path, "demo")
     target = recipes.ship(tmp_path, recipe, model="fast_robust", seed=42)
+    assert target == tmp_path / ship_module.SHIPPED / "demo"  # the recipe's own folder, now the default
+    assert (target.parent / "DEFAULT").read_text() == "demo\n" and (older / "card.json").is_file()
     assert (target / "fast_robust.keras").read_bytes() == b"fast_robust.keras"
     assert (target / "fast_robust.detector.npz").is_file() and not (target / "fast.keras").exists()
     card = json.loads((target / "card.json").read_text())

@@ -50,12 +50,12 @@ def detector_info(features: int) -> DetectorInfo:
 
 @pytest.fixture
 def shipped_detector_in_package(tmp_path, monkeypatch) -> Path:
-    """A copy of realfake's package holding a shipped detector (serving/detector/fast.keras and its extras), as the
-    installed package will: the code log_registered_model copies into every registered model."""
+    """A copy of realfake's package holding a shipped detector (serving/detector/<name>/fast.keras and its extras),
+    as the installed package will: the code log_registered_model copies into every registered model."""
     package = tmp_path / "package" / "realfake"
     shutil.copytree(Path(realfake.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))
-    shipped = package / "serving" / "detector"
-    shipped.mkdir(exist_ok=True)
+    shipped = package / "serving" / "detector" / "demo"
+    shipped.mkdir(parents=True, exist_ok=True)
     save_model(tiny_fast(seed=9), shipped / "fast.keras")
     save_info(info_path(shipped / "fast.keras"), detector_info(8))
     monkeypatch.setattr(realfake, "__file__", str(package / "__init__.py"))

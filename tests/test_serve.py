@@ -100,7 +100,7 @@ GOOD = [("cifake.jpg", jpeg(photo(32, 32, 1))), ("holiday.jpg", jpeg(photo(640, 
 def test_predict_answers_per_image_what_predict_does(url, detector):
     status, answer = post(url, GOOD)
     assert status == 200, answer
-    assert (answer["model"], answer["operating_point"], answer["threshold"]) == ("shipped:fast", None, 0.5)
+    assert (answer["model"], answer["operating_point"], answer["threshold"]) == (detector.name, None, 0.5)
     assert [r["path"] for r in answer["results"]] == [name for name, _ in GOOD]
     for got, want in zip(answer["results"], expected(detector, GOOD, 0.5), strict=True):
         assert set(got) == FIELDS
@@ -157,7 +157,7 @@ def test_no_file_or_no_multipart_body_is_a_422(url):
 
 def test_healthz_page_and_model_card(url, detector):
     status, health, _ = request(url, "GET", "/healthz")
-    assert status == 200 and health["status"] == "ok" and health["model"] == "shipped:fast"
+    assert status == 200 and health["status"] == "ok" and health["model"] == detector.name
     assert health["test_accuracy"] == detector.card["test"]["accuracy"] and health["engine"] == "onnx"
     assert health["version"] and set(health["operating_points"]) == {"fpr_0.01", "fpr_0.05"}
     status, page, headers = request(url, "GET", "/")
@@ -231,10 +231,10 @@ def test_the_serve_command_listens_on_127_0_0_1_without_tensorflow(tmp_path):
             except OSError:
                 assert time.monotonic() < deadline and process.poll() is None, "the server did not start"
                 time.sleep(0.2)
-        assert status == 200 and health["model"] == "shipped:fast"
+        assert status == 200 and health["model"] == models.shipped_model().name
         status, answer = post(f"http://127.0.0.1:{port}", GOOD[:1])
         assert status == 200 and answer["results"][0]["path"] == "cifake.jpg"
     finally:
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=30)
-    assert process.returncode == 0 and f"serving shipped:fast on http://127.0.0.1:{port}/" in err
+    assert process.returncode == 0 and f"serving {models.shipped_model().name} on http://127.0.0.1:{port}/" in err

@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument("--set", "-S", action="append", default=[], metavar="KEY=VALUE",
                              help="one more params override, checked against params.yaml first")  # fmt: skip
         if name == "ship":
-            sub.add_argument("--model", default="fast", help="the models.<name> section to ship (default: fast)")
+            sub.add_argument("--model", help="the models.<name> section to ship (default: the recipe's first report)")
             sub.add_argument("--force", action="store_true", help="replace the shipped files of another model")
     commands.add_parser("table")
     commands.add_parser("list")
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "record":
             print(record(args.root, dataclasses.replace(recipe, seeds=seeds), workspace=args.workspace))
         else:
-            print(ship(args.root, recipe, model=args.model, seed=seeds[0], force=args.force))
+            model = args.model or (recipe.report[0] if recipe.report else "fast")
+            print(ship(args.root, recipe, model=model, seed=seeds[0], force=args.force))
     except (RealfakeError, subprocess.CalledProcessError) as exc:
         log.error("%s", exc)
         return 1

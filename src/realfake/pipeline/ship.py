@@ -1,5 +1,7 @@
-"""Shipping a model: one recipe experiment's model, from DVC's cache into the package (src/realfake/serving/detector/),
-with its card data; files named after the model (`<model>.keras`, `<model>.detector.npz`, `<model>.onnx`)."""
+"""Shipping a model: one recipe experiment's model, from DVC's cache into the package as the detector named after the
+recipe (src/realfake/serving/detector/<recipe>/), with its card data; files named after the model (`<model>.keras`,
+`<model>.detector.npz`, `<model>.onnx`). The last one shipped becomes the default (detector/DEFAULT names it); the
+others stay there, reachable as `--model shipped:<recipe>`."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ SHIPPED = Path("src") / "realfake" / "serving" / "detector"
 
 
 def shipped_model(target: Path) -> str | None:
-    """The models.<name> section the package ships now (its card.json says), or None."""
+    """The models.<name> section a shipped detector's folder holds now (its card.json says), or None."""
     try:
         return json.loads((target / "card.json").read_text()).get("model_section")
     except (OSError, ValueError):
@@ -44,11 +46,12 @@ def _export_onnx(keras_path: Path, onnx_path: Path) -> None:
 
 
 def ship(root: Path, recipe: Recipe, *, model: str, seed: int, force: bool = False) -> Path:
-    """Copy `model` of the recipe's experiment for `seed` from DVC's cache into the package as `<model>.keras` and
-    `<model>.detector.npz`, export `<model>.onnx`, and write its card data. The package ships one detector: when it
-    ships another model now, refuse (unless `force`) rather than leave two models and one card that fits neither."""
+    """Copy `model` of the recipe's experiment for `seed` from DVC's cache into the recipe's folder of the package as
+    `<model>.keras` and `<model>.detector.npz`, export `<model>.onnx`, write its card data, and make it the default.
+    A folder holds one model: when the recipe's folder holds another model now, refuse (unless `force`) rather than
+    leave two models and one card that fits neither."""
     root = Path(root)
-    target = root / SHIPPED
+    target = root / SHIPPED / recipe.name
     current = shipped_model(target)
     if current not in (None, model) and not force:
         raise RealfakeError(f"{target} ships {current} now; shipping {model} would replace its card. Remove "
@@ -75,7 +78,7 @@ def ship(root: Path, recipe: Recipe, *, model: str, seed: int, force: bool = Fal
         for old in target.glob(f"{current}.*"):
             old.unlink()
     _export_onnx(target / f"{model}.keras", target / f"{model}.onnx")
-    from realfake.evaluation.reports import model_card
+    from realfake.pipeline.model_card import model_card
 
     row = seed_row(root, refs[0], (model,))
     card = {
@@ -96,4 +99,6 @@ def ship(root: Path, recipe: Recipe, *, model: str, seed: int, force: bool = Fal
         tmp.write_text(json.dumps(card, indent=1) + "\n")
     with atomic_path(target / "MODEL_CARD.md") as tmp:
         tmp.write_text(model_card(card))
+    with atomic_path(root / SHIPPED / "DEFAULT") as tmp:
+        tmp.write_text(recipe.name + "\n")
     return target

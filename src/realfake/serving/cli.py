@@ -20,7 +20,7 @@ from pathlib import Path
 from realfake.errors import ParamsError, RealfakeError
 
 EXIT_OK, EXIT_SKIPPED, EXIT_FAILED, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-SHIPPED = "shipped"  # --model value naming the detector shipped with realfake
+SHIPPED = "shipped"  # --model value naming the default detector shipped with realfake; shipped:<name> another
 EXIT_WORDS = (
     "exit status: 0 every image classified; 1 some files skipped, others classified; 2 usage error, no readable "
     "image, or a model that cannot be found or loaded; 3 the results could not be written (stdout closed, a broken "
@@ -112,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     serve.set_defaults(func=run_serve)
 
+    detectors = commands.add_parser(
+        "detectors",
+        help="list the detectors shipped with realfake (the default first) with their measured accuracy",
+        description="The detectors shipped inside the package, the default first: each one's --model name, the "
+        "recipe that trained it and its accuracy on CIFAKE's test split, clean and under the robustness "
+        "perturbations (from its card; MODEL_CARD.md beside it says more).",
+    )
+    detectors.set_defaults(func=run_detectors)
+
     explain = commands.add_parser(
         "explain",
         help="write a Grad-CAM heatmap of where a model looked in an image (loads TensorFlow)",
@@ -133,8 +142,9 @@ def add_model_options(command: argparse.ArgumentParser) -> None:
         "--model",
         help="a .onnx file (runs without TensorFlow), a .keras file, or an MLflow URI (models:/NAME/VERSION, "
         "models:/NAME@champion, runs:/RUN_ID/PATH); default: the binary model of the repo's last pipeline run with "
-        "the highest validation accuracy (its ONNX export when current), else the detector shipped with realfake "
-        "(`--model shipped` picks it in a repo too)",
+        "the highest validation accuracy (its ONNX export when current), else the default detector shipped with "
+        "realfake (`--model shipped` picks it in a repo too; `--model shipped:NAME` another one, `realfake "
+        "detectors` lists them)",
     )
     command.add_argument(
         "--repo", type=Path, help="the pipeline repo (default: the nearest folder at or above this one with dvc.yaml)"
@@ -252,8 +262,8 @@ def load_model(args: argparse.Namespace, root: Path, *, keras: bool = False):
     from realfake.paths import ProjectPaths
     from realfake.serving import models
 
-    if args.model == SHIPPED:
-        return models.shipped_model(keras=keras)
+    if args.model == SHIPPED or (args.model or "").startswith(f"{SHIPPED}:"):
+        return models.shipped_model(args.model.partition(":")[2] or None, keras=keras)
     if args.model:
         if keras and args.model.lower().endswith(".onnx"):
             raise ParamsError(f"{args.model}: explain needs the Keras model (the .keras file it was exported from)")
@@ -270,8 +280,31 @@ def load_model(args: argparse.Namespace, root: Path, *, keras: bool = False):
         )
         return loaded
     loaded = models.shipped_model(keras=keras)
-    _say(f"realfake: using the detector shipped with realfake ({loaded.source}; see MODEL_CARD.md beside it)")
+    _say(f"realfake: using the detector shipped with realfake, {loaded.name} ({loaded.source}; see MODEL_CARD.md "
+         "beside it)")  # fmt: skip
     return loaded
+
+
+def run_detectors(args: argparse.Namespace) -> int:
+    from realfake.serving import models
+
+    default = models.default_shipped_name()
+    rows = [("--model", "default", "model", "test accuracy", "ROC-AUC", "robust accuracy")]
+    for name in models.shipped_names():
+        card = models.shipped_detector(name).card
+        scores = (
+            card.get("test", {}).get("accuracy"),
+            card.get("test", {}).get("roc_auc"),
+            card.get("robust_accuracy"),
+        )
+        marker = "yes" if name == default else ""
+        cells = [f"{v:.4f}" if isinstance(v, (int, float)) else "-" for v in scores]
+        rows.append((f"{models.SHIPPED_PREFIX}:{name}", marker, card.get("model_section", "?"), *cells))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print(f"(CIFAKE test split, from each one's card in {models.SHIPPED})")
+    return 0
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -1,5 +1,5 @@
 """`realfake explain IMAGE`: a Grad-CAM heatmap of where a model looked. Unlike predict it needs the Keras model
-(a .keras file, the shipped fast.keras by default) and so loads TensorFlow."""
+(a .keras file, the default shipped detector's by default) and so loads TensorFlow."""
 
 from __future__ import annotations
 

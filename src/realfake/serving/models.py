@@ -35,12 +35,11 @@ RESIZE_PERTURBATION = "downscale_2"
 # followed by ":/" is a Windows drive, i.e. a path.
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 
-# The detector that ships inside the package (trained by the fast-60min recipe; see its MODEL_CARD.md).
+# The detectors that ship inside the package, one folder each named after the recipe that trained it
+# (detector/<recipe>/: <model>.onnx, <model>.keras, <model>.detector.npz, card.json, MODEL_CARD.md); the file DEFAULT
+# names the one predict and serve use (`--model shipped`); `--model shipped:<recipe>` picks another.
 SHIPPED = Path(__file__).with_name("detector")
-SHIPPED_MODEL = SHIPPED / "fast.onnx"  # what predict and serve run
-SHIPPED_KERAS = SHIPPED / "fast.keras"  # what it was exported from (explain's Grad-CAM needs the Keras model)
-SHIPPED_CARD = SHIPPED / "card.json"
-SHIPPED_MODEL_CARD = SHIPPED / "MODEL_CARD.md"
+SHIPPED_PREFIX = "shipped"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +50,8 @@ class LoadedModel:
     info: DetectorInfo | None = None  # thresholds and OOD statistics stored beside the model, when there are any
     resized_accuracy: float | None = None  # measured accuracy on images downscaled 2x and back, when known
     threshold: float = FALLBACK_THRESHOLD  # the decision threshold the model was evaluated at
-    card: dict | None = None  # the shipped detector's card.json
+    card: dict | None = None  # a shipped detector's card.json
+    model_card: Path | None = None  # a shipped detector's MODEL_CARD.md
 
     @property
     def model(self):
@@ -179,25 +179,78 @@ def best_binary_model(paths: ProjectPaths, *, keras_only: bool = False) -> tuple
     )
 
 
-def shipped_validation_accuracy() -> float | None:
-    """The shipped detector's best validation accuracy, from its card (None when the card does not say)."""
-    if not SHIPPED_CARD.is_file():
+@dataclasses.dataclass(frozen=True)
+class ShippedDetector:
+    """One detector shipped inside the package: its folder and its card (what trained it, its measured metrics)."""
+
+    name: str  # the recipe that trained it, and the folder's name
+    folder: Path
+    card: dict
+
+    def file(self, kind: str) -> Path:
+        """Its `kind` file ("onnx", "keras", "detector"), as its card names it."""
+        name = self.card.get("files", {}).get(kind)
+        if not name:
+            raise DataError(f"{self.folder / 'card.json'}: names no {kind} file; reinstall realfake")
+        return self.folder / Path(name).name  # inside its own folder, whatever the card says
+
+    @property
+    def model_card(self) -> Path:
+        return self.folder / "MODEL_CARD.md"
+
+
+def shipped_names() -> list[str]:
+    """The shipped detectors' names (recipes), sorted; the default first."""
+    names = sorted(card.parent.name for card in SHIPPED.glob("*/card.json"))
+    default = default_shipped_name()
+    return sorted(names, key=lambda name: name != default)
+
+
+def default_shipped_name() -> str | None:
+    """The detector that DEFAULT names (the one `make ship` shipped last), or None when there is none."""
+    try:
+        return (SHIPPED / "DEFAULT").read_text().strip() or None
+    except OSError:
         return None
-    value = json.loads(SHIPPED_CARD.read_text()).get("train", {}).get("best", {}).get("val_accuracy")
+
+
+def shipped_detector(name: str | None = None) -> ShippedDetector:
+    """The shipped detector `name` (a recipe), by default the one DEFAULT names."""
+    name = name or default_shipped_name()
+    card = None
+    if name in shipped_names():  # only a folder that is there: a name is never a path
+        with contextlib.suppress(OSError, ValueError):
+            card = json.loads((SHIPPED / name / "card.json").read_text())
+    if card is None:
+        known = ", ".join(f"{SHIPPED_PREFIX}:{n}" for n in shipped_names()) or "none"
+        what = f"no shipped detector {name!r}" if name else "no default shipped detector (DEFAULT)"
+        raise DataError(f"{SHIPPED}: {what}; shipped here: {known}. Reinstall realfake if none is")
+    return ShippedDetector(name, SHIPPED / name, card)
+
+
+def shipped_validation_accuracy(name: str | None = None) -> float | None:
+    """A shipped detector's best validation accuracy, from its card (None when there is none or it does not say)."""
+    try:
+        value = shipped_detector(name).card.get("train", {}).get("best", {}).get("val_accuracy")
+    except DataError:
+        return None
     return None if value is None else float(value)
 
 
-def shipped_model(*, keras: bool = False) -> LoadedModel:
-    """The detector shipped with the package (its ONNX export, or with `keras` its .keras file), with its
-    thresholds, OOD statistics and card (test metrics and measured robustness)."""
-    path = SHIPPED_KERAS if keras else SHIPPED_MODEL
+def shipped_model(name: str | None = None, *, keras: bool = False) -> LoadedModel:
+    """A detector shipped with the package (by default the default one): its ONNX export, or with `keras` its
+    .keras file, with its thresholds, OOD statistics and card (test metrics and measured robustness)."""
+    detector = shipped_detector(name)
+    path = detector.file("keras" if keras else "onnx")
     if not path.is_file():
         raise DataError(f"{path}: the shipped detector is missing from this installation; reinstall realfake")
     engine = file_engine(path, rebuild_with="pip install --force-reinstall realfake")
-    card = json.loads(SHIPPED_CARD.read_text()) if SHIPPED_CARD.is_file() else None
-    resized = (card or {}).get("robustness", {}).get(RESIZE_PERTURBATION)
-    threshold = (card or {}).get("test", {}).get("threshold", FALLBACK_THRESHOLD)
-    return LoadedModel(engine, "shipped:fast", str(path), extras_beside(path), resized, float(threshold), card)
+    card = detector.card
+    resized = card.get("robustness", {}).get(RESIZE_PERTURBATION)
+    threshold = float(card.get("test", {}).get("threshold", FALLBACK_THRESHOLD))
+    model_card = detector.model_card if detector.model_card.is_file() else None
+    label = f"{SHIPPED_PREFIX}:{detector.name}"
+    return LoadedModel(engine, label, str(path), extras_beside(path), resized, threshold, card, model_card)
 
 
 @contextlib.contextmanager

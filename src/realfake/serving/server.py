@@ -4,7 +4,7 @@
   operating point (an unknown one is a 422). Answers {model, operating_point, threshold, results: [one object per
   image with the fields of `predict --format json`, `path` being the uploaded file name]}.
 - `GET /healthz`: the model, its card's test accuracy, realfake's version, the operating points.
-- `GET /`: an upload page (no external assets); `GET /model-card`: the shipped detector's MODEL_CARD.md.
+- `GET /`: an upload page (no external assets); `GET /model-card`: a shipped detector's MODEL_CARD.md.
 
 Limits, each a JSON error with nothing half-done (one bad file fails the whole request, naming it): the request's
 size, the files per request and the pixels per image (413); a file that is not an image (415) or is damaged (422).
@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from realfake.serving.classify import score_pixels
 from realfake.serving.images import MAX_PIXELS, UnreadableImageError, decode_bytes
-from realfake.serving.models import SHIPPED_MODEL_CARD, LoadedModel
+from realfake.serving.models import LoadedModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,8 +175,8 @@ def create_app(loaded: LoadedModel, *, limits: Limits = Limits()):
         }  # fmt: skip
 
     def _card_text() -> str | None:
-        if loaded.card is not None and SHIPPED_MODEL_CARD.is_file():
-            return SHIPPED_MODEL_CARD.read_text()
+        if loaded.model_card is not None and loaded.model_card.is_file():
+            return loaded.model_card.read_text()
         return None
 
     return app
