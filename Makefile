@@ -8,8 +8,8 @@ export PATH := $(BIN):$(PATH)
 RECIPE ?= cpu-quick
 SEEDS ?=
 SET ?=
-MODEL ?= fast
-SHIP_RECIPE ?= fast-60min
+MODEL ?= fast_robust
+SHIP_RECIPE ?= fast-robust-60min
 
 .PHONY: repro test test-slow test-scaling lint format plots exp record results compare ship mlflow-server \
 	mlflow-server-stop bench gpu-prep clean-state
@@ -67,8 +67,9 @@ results: $(VENV)/.installed  # docs/results.md and the README's results table, f
 compare: $(VENV)/.installed-run  # one row per DVC experiment: changed params, headline metrics (< 120 columns)
 	$(BIN)/python -m realfake.pipeline.compare
 
-# make ship [MODEL=fast] [SHIP_RECIPE=fast-60min]: that model of the recipe's seed-42 experiment into the package as
-# <model>.keras, <model>.detector.npz and <model>.onnx, with its card; refuses to replace another shipped model
+# make ship [MODEL=fast_robust] [SHIP_RECIPE=fast-robust-60min]: that model of the recipe's seed-42 experiment into
+# the package as the default detector (serving/detector/<recipe>/: <model>.keras, .detector.npz, .onnx, its card);
+# the other shipped detectors stay; refuses to put another model into a recipe's folder
 ship: $(VENV)/.installed
 	$(BIN)/python -m realfake.pipeline.recipes ship $(SHIP_RECIPE) --model $(MODEL) --seeds 42
 

@@ -1,5 +1,6 @@
-"""The results tables: docs/results.md, the README's headline table and the measured tables of
-docs/detector-in-the-wild.md (between their markers), all from results/*.json."""
+"""The results tables: docs/results.md, the README's headline table, the measured tables of
+docs/detector-in-the-wild.md and the accurate-and-robust frontier of docs/fast-detector.md (between their markers),
+all from results/*.json."""
 
 from __future__ import annotations
 
@@ -128,6 +129,52 @@ def wild_tables(root: Path) -> str:
     )
 
 
+# One detector both accurate and robust: (what, how to read it from a seed's row, at least (>=) or at most (<=), goal)
+FRONTIER_GOALS = (
+    ("test accuracy", lambda s: s["test_accuracy"], ">=", 0.98),
+    ("ROC-AUC", lambda s: s["test_roc_auc"], ">=", 0.998),
+    ("ECE", lambda s: s["test_ece"], "<=", 0.01),
+    ("robust accuracy", lambda s: s["robust_accuracy"], ">=", 0.95),
+    ("jpeg_50", lambda s: s["robustness"].get("jpeg_50"), ">=", 0.95),
+    ("downscale_2", lambda s: s["robustness"].get("downscale_2"), ">=", 0.93),
+    ("blur_1", lambda s: s["robustness"].get("blur_1"), ">=", 0.93),
+    ("downscale_2+jpeg_75", lambda s: s["robustness"].get("downscale_2+jpeg_75"), ">=", 0.93),
+)
+FRONTIER_DOC = Path("docs") / "fast-detector.md"
+FRONTIER_START, FRONTIER_END = "<!-- frontier:start -->", "<!-- frontier:end -->"
+
+
+def frontier_table(root: Path) -> str:
+    """Every recorded recipe's fast detectors against the goals of one detector both accurate and robust: the mean
+    over its seeds per goal (✓ = met), and the longest training of any seed (the goal: 60 minutes each)."""
+    rows = []
+    for path in sorted((Path(root) / RESULTS).glob("*.json")):
+        result = json.loads(path.read_text())
+        for model in result["summary"]:
+            seeds = [row[model] for row in result["seeds"]]
+            if not model.startswith("fast") or any(s.get("robust_accuracy") is None for s in seeds):
+                continue
+            cells = []
+            for _, read, direction, goal in FRONTIER_GOALS:
+                values = [read(s) for s in seeds]
+                if any(v is None for v in values):
+                    cells.append("-")
+                    continue
+                value = statistics.fmean(values)
+                met = value >= goal if direction == ">=" else value <= goal
+                cells.append(f"{value:.4f}" + (" ✓" if met else ""))
+            longest = max(s["train_minutes"] for s in seeds)
+            cells.append(f"{longest:.1f}" + (" ✓" if longest <= 60 else ""))
+            rows.append([f"`{result['recipe']}` {model}", str(len(seeds)), *cells])
+    header = ["recipe, model", "seeds", *(f"{name} ({d} {goal})" for name, _, d, goal in FRONTIER_GOALS),
+              "longest seed, train min (<= 60)"]  # fmt: skip
+    return (
+        "Written by `make results` from `results/*.json`: means over the recorded seeds on the archive's test split "
+        "(robustness columns: 2,000 test images each, real and fake alike perturbed); ✓ = the goal met.\n\n"
+        + markdown(rows, header)
+    )
+
+
 def _replace_between(path: Path, start: str, end: str, body: str) -> None:
     text = path.read_text()
     if start not in text or end not in text:
@@ -143,6 +190,8 @@ def write_tables(root: Path) -> None:
     _replace_between(root / "README.md", README_START, README_END, headline)
     if (root / WILD_DOC).is_file():
         _replace_between(root / WILD_DOC, WILD_START, WILD_END, wild_tables(root))
+    if (root / FRONTIER_DOC).is_file():
+        _replace_between(root / FRONTIER_DOC, FRONTIER_START, FRONTIER_END, frontier_table(root))
 
     parts = [
         "# Results\n\nWritten by `make results` from `results/*.json`, which `make record RECIPE=<name>` writes "
