@@ -26,6 +26,7 @@ import json
 import logging
 import multiprocessing
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -71,16 +72,14 @@ def build_variant(variant: str, spec, *, seed: int):
     return keras.Model(inputs, TTAMean(views.views)(x), name=f"fast_{variant}")
 
 
-def measure(variant: str, *, recipe_name: str, archive: str, epochs: int) -> dict:
+def measure(variant: str, *, recipe_name: str, data: str, epochs: int) -> dict:
     """Train one variant and score it on the validation split, clean and perturbed."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import numpy as np
 
-    from realfake.data import cifake
     from realfake.data.perturb import Perturbation, perturb
-    from realfake.data.prepare import prepare_splits
     from realfake.evaluation.scoring import p_fake, predict_proba
-    from realfake.params import BaseParams, PrepareParams, load_model_params, load_section, read_yaml
+    from realfake.params import BaseParams, load_model_params, load_section, read_yaml
     from realfake.pipeline.recipe_files import apply_overrides, load_recipe
     from realfake.training.classifiers import build_optimizer
     from realfake.training.inputs import Batches
@@ -92,15 +91,12 @@ def measure(variant: str, *, recipe_name: str, archive: str, epochs: int) -> dic
     name = recipe.report[0]
     spec = load_model_params({**raw["models"][name], "epochs": epochs}, f"models.{name}")
     seed = load_section(BaseParams, raw["base"], "base").seed
-    prep = load_section(PrepareParams, raw["prepare"], "prepare")
-    entries = [e for e in cifake.read_zip(Path(archive)) if cifake.SPLITS[e.split] != "test"]  # test is not read
-    splits, _ = prepare_splits(cifake.decode_entries(entries, workers=1), per_class=prep.per_class,
-                               val_fraction=prep.val_fraction, augmentations=prep.augment,
-                               drop_test_overlap=False, seed=seed)  # fmt: skip
-    train, val = splits["train"], splits["val"]
+    with np.load(data) as arrays:
+        train_images, train_labels = arrays["train_images"], arrays["train_labels"]
+        val_images, val_labels = arrays["val_images"], arrays["val_labels"]
     seed_everything(seed)
     model = build_variant(variant, spec, seed=seed)
-    batches = Batches(train.images, train.labels, batch_size=spec.batch_size, seed=seed, shuffle=True,
+    batches = Batches(train_images, train_labels, batch_size=spec.batch_size, seed=seed, shuffle=True,
                       augment=spec.augment, max_shift=spec.max_shift, degrade=spec.degrade)  # fmt: skip
     optimizer = build_optimizer(spec, steps_per_epoch=batches.steps_per_epoch)
     if variant == "ema":
@@ -112,13 +108,36 @@ def measure(variant: str, *, recipe_name: str, archive: str, epochs: int) -> dic
     minutes = (time.perf_counter() - started) / 60
 
     def accuracy(images):
-        return float(np.mean((p_fake(predict_proba(model, images, batch_size=500)) >= 0.5) == val.labels))
+        return float(np.mean((p_fake(predict_proba(model, images, batch_size=500)) >= 0.5) == val_labels))
 
-    scores = {"clean": accuracy(val.images)}
+    scores = {"clean": accuracy(val_images)}
     for text in PERTURBATIONS:
-        scores[text] = accuracy(perturb(val.images, Perturbation.parse(text), seed=seed))
+        scores[text] = accuracy(perturb(val_images, Perturbation.parse(text), seed=seed))
     return {"variant": variant, "parameters": model.count_params(), "train_minutes": minutes,
-            "train_images": len(train.labels), "val_images": len(val.labels), "val_accuracy": scores}  # fmt: skip
+            "train_images": len(train_labels), "val_images": len(val_labels), "val_accuracy": scores}  # fmt: skip
+
+
+def split_once(recipe_name: str, archive: Path, out: Path) -> Path:
+    """Decode the archive's train images and split them as the recipe's `prepare` says, once for every variant."""
+    import numpy as np
+
+    from realfake.data import cifake
+    from realfake.data.prepare import prepare_splits
+    from realfake.params import BaseParams, PrepareParams, load_section, read_yaml
+    from realfake.pipeline.recipe_files import apply_overrides, load_recipe
+
+    recipe = load_recipe(REPO, recipe_name)
+    raw = apply_overrides(read_yaml(REPO / "params.yaml"), recipe.overrides, where=f"recipes/{recipe_name}.yaml")
+    prep = load_section(PrepareParams, raw["prepare"], "prepare")
+    seed = load_section(BaseParams, raw["base"], "base").seed
+    entries = [e for e in cifake.read_zip(archive) if cifake.SPLITS[e.split] != "test"]  # test is not read
+    splits, _ = prepare_splits(cifake.decode_entries(entries), per_class=prep.per_class,
+                               val_fraction=prep.val_fraction, augmentations=prep.augment,
+                               drop_test_overlap=False, seed=seed)  # fmt: skip
+    path = out / "splits.npz"
+    np.savez(path, train_images=splits["train"].images, train_labels=splits["train"].labels,
+             val_images=splits["val"].images, val_labels=splits["val"].labels)  # fmt: skip
+    return path
 
 
 def main() -> None:
@@ -132,14 +151,16 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     results = []
     context = multiprocessing.get_context("spawn")
-    for variant in args.variants:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            result = pool.submit(measure, variant, recipe_name=args.recipe, archive=args.archive,
-                                 epochs=args.epochs).result()  # fmt: skip
-        log.info("%s: %s", variant, json.dumps(result))
-        results.append(result)
-        if args.output:  # after every variant: an interrupted run keeps what it measured
-            args.output.write_text(json.dumps(results, indent=1) + "\n")
+    with tempfile.TemporaryDirectory(prefix="fast-ablations-") as tmp:
+        data = split_once(args.recipe, Path(args.archive), Path(tmp))
+        for variant in args.variants:
+            with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+                result = pool.submit(measure, variant, recipe_name=args.recipe, data=str(data),
+                                     epochs=args.epochs).result()  # fmt: skip
+            log.info("%s: %s", variant, json.dumps(result))
+            results.append(result)
+            if args.output:  # after every variant: an interrupted run keeps what it measured
+                args.output.write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))
 
 

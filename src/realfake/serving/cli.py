@@ -286,25 +286,9 @@ def load_model(args: argparse.Namespace, root: Path, *, keras: bool = False):
 
 
 def run_detectors(args: argparse.Namespace) -> int:
-    from realfake.serving import models
+    from realfake.serving.detectors_command import run_detectors as run
 
-    default = models.default_shipped_name()
-    rows = [("--model", "default", "model", "test accuracy", "ROC-AUC", "robust accuracy")]
-    for name in models.shipped_names():
-        card = models.shipped_detector(name).card
-        scores = (
-            card.get("test", {}).get("accuracy"),
-            card.get("test", {}).get("roc_auc"),
-            card.get("robust_accuracy"),
-        )
-        marker = "yes" if name == default else ""
-        cells = [f"{v:.4f}" if isinstance(v, (int, float)) else "-" for v in scores]
-        rows.append((f"{models.SHIPPED_PREFIX}:{name}", marker, card.get("model_section", "?"), *cells))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    print(f"(CIFAKE test split, from each one's card in {models.SHIPPED})")
-    return 0
+    return run(args)
 
 
 def run_serve(args: argparse.Namespace) -> int:
