@@ -1,6 +1,6 @@
 """Ablation: architecture and averaging variants of the robust fast detector, on the validation split only.
 
-    .venv/bin/python benchmarks/fast_ablations.py [--variants baseline se residual highpass ema] [--epochs 4]
+    .venv/bin/python benchmarks/fast_ablations.py [--variants baseline se residual highpass ...] [--epochs 4]
         [--recipe fast-robust-60min] [--archive data/cifake.zip] [--output FILE]
 
 Every variant trains the recipe's model (params.yaml with recipes/<recipe>.yaml's overrides) for `--epochs` epochs
@@ -15,13 +15,21 @@ training. The test split is not read. Each variant runs in a fresh process. Prin
   residual   every block adds a 1x1-conv-BatchNorm projection of its input before the ReLU
   highpass   a second input: the high-frequency residual (image minus its 3x3 box blur), stacked as 3 more
              channels before space-to-depth
+  highpass_residual  both of the two above
   ema        the baseline with an exponential moving average of the weights (momentum 0.999) used at the end
+  distill    the baseline trained towards 0.5 x its label + 0.5 x a teacher's P(fake): the mean of the shipped
+             fast-60min and fast-robust-60min detectors (flip views) on the clean train image. Both were trained
+             on this same train split (seed 42) and chosen on this validation split, so the teacher carries
+             what validation selected; it never saw a validation image as a training example.
+  curriculum the baseline with the degradation probabilities ramped linearly from 1/half to full over the first
+             half of the epochs (epoch e of E: min(1, (e + 1) / ceil(E / 2)) x each probability)
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -33,7 +41,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-VARIANTS = ("baseline", "se", "residual", "highpass", "ema")
+VARIANTS = ("baseline", "se", "residual", "highpass", "highpass_residual", "ema", "distill", "curriculum")
+TEACHERS = ("fast-60min", "fast-robust-60min")
 PERTURBATIONS = ("jpeg 50", "downscale 2", "blur 1", "downscale 2 + jpeg 75")
 log = logging.getLogger("fast_ablations")
 
@@ -49,7 +58,7 @@ def build_variant(variant: str, spec, *, seed: int):
     views = TTAViews(flip=spec.flip_tta, max_shift=0, name="tta_views")
     x = views(inputs)
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0)(x)
-    if variant == "highpass":
+    if variant in ("highpass", "highpass_residual"):
         blurred = layers.AveragePooling2D(3, strides=1, padding="same")(x)
         x = layers.Concatenate()([x, layers.Subtract()([x, blurred])])
     x = SpaceToDepth(spec.space_to_depth)(x)
@@ -58,7 +67,7 @@ def build_variant(variant: str, spec, *, seed: int):
             x = layers.MaxPooling2D(2)(x)
         for _ in range(spec.convs_per_stage):
             block = layers.BatchNormalization()(layers.Conv2D(filters, 3, padding="same", use_bias=False)(x))
-            if variant == "residual":
+            if variant in ("residual", "highpass_residual"):
                 shortcut = layers.BatchNormalization()(layers.Conv2D(filters, 1, use_bias=False)(x))
                 block = layers.Add()([block, shortcut])
             x = layers.ReLU()(block)
@@ -70,6 +79,48 @@ def build_variant(variant: str, spec, *, seed: int):
     x = layers.Dropout(spec.dropout, seed=seed)(x)
     x = layers.Dense(1, activation="sigmoid")(x)
     return keras.Model(inputs, TTAMean(views.views)(x), name=f"fast_{variant}")
+
+
+def teacher_p_fake(images):
+    """The mean P(fake) of the shipped TEACHERS, each rebuilt with flip views only (their shift views cost 9x)."""
+    import keras
+    import numpy as np
+
+    from realfake.evaluation.scoring import p_fake, predict_proba
+    from realfake.models.fast import build_fast
+    from realfake.serving.models import shipped_detector
+
+    probabilities = []
+    for name in TEACHERS:
+        detector = shipped_detector(name)
+        trained = keras.saving.load_model(detector.file("keras"), compile=False)
+        p = detector.card["params"]
+        teacher = build_fast(input_shape=images.shape[1:], stage_filters=p["stage_filters"],
+                             convs_per_stage=p["convs_per_stage"], space_to_depth=p["space_to_depth"],
+                             dropout=p["dropout"], flip_tta=True, tta_max_shift=0, seed=0)  # fmt: skip
+        teacher.set_weights(trained.get_weights())
+        probabilities.append(p_fake(predict_proba(teacher, images, batch_size=500)))
+    return np.mean(probabilities, axis=0).astype(np.float32)
+
+
+def curriculum_fit(model, spec, batches, epochs: int) -> None:
+    """Fit epoch by epoch, the degradation probabilities scaled up over the first half of the epochs."""
+    import dataclasses
+    import math
+
+    ramp = math.ceil(epochs / 2)
+    for epoch in range(epochs):
+        scale = min(1.0, (epoch + 1) / ramp)
+        degrade = tuple(dataclasses.replace(d, probability=d.probability * scale) for d in spec.degrade)
+        stream = dataclasses.replace(batches, degrade=degrade).epochs(epoch, epoch + 1)
+        model.fit(
+            stream,
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            steps_per_epoch=batches.steps_per_epoch,
+            verbose=2,
+            shuffle=False,
+        )
 
 
 def measure(variant: str, *, recipe_name: str, data: str, epochs: int) -> dict:
@@ -104,7 +155,21 @@ def measure(variant: str, *, recipe_name: str, data: str, epochs: int) -> dict:
     compile_classifier(model, optimizer=optimizer, jit_compile=spec.jit_compile, run_eagerly=False,
                        label_smoothing=spec.label_smoothing)  # fmt: skip
     started = time.perf_counter()
-    model.fit(batches.epochs(0, epochs), epochs=epochs, verbose=2, shuffle=False)
+    if variant == "curriculum":
+        curriculum_fit(model, spec, batches, epochs)
+    elif variant == "distill":
+        import tensorflow as tf
+
+        hard = train_labels.astype(np.float32)
+        targets = tf.constant(0.5 * hard + 0.5 * teacher_p_fake(train_images))
+        # The labels Batches gathers are row indices, so each batch picks up its rows' soft targets.
+        indexed = dataclasses.replace(batches, labels=np.arange(len(train_labels)))
+        stream = indexed.epochs(0, epochs).map(lambda x, rows: (x, tf.gather(targets, rows)[:, None]))
+        model.fit(stream, epochs=epochs, steps_per_epoch=batches.steps_per_epoch, verbose=2, shuffle=False)
+    else:
+        model.fit(
+            batches.epochs(0, epochs), epochs=epochs, steps_per_epoch=batches.steps_per_epoch, verbose=2, shuffle=False
+        )
     minutes = (time.perf_counter() - started) / 60
 
     def accuracy(images):
