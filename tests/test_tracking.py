@@ -264,3 +264,54 @@ def test_the_end_of_a_run_says_whether_the_store_took_it(mlflow_uri, tmp_path, m
     assert tracking.last_end()["accepted"] is False
     ending = stage_script._run_ending()
     assert "could not be marked KILLED" in ending and "marks it FAILED" in ending
+
+
+@pytest.mark.parametrize(
+    "race",
+    [
+        'BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"',
+        "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest",
+        "(sqlite3.OperationalError) database is locked",
+    ],
+)
+def test_a_race_with_another_writer_is_retried_until_it_passes(race):
+    from mlflow.exceptions import MlflowException
+
+    calls = []
+
+    def action():
+        calls.append(1)
+        if len(calls) < 3:
+            raise MlflowException(race)
+        return "logged"
+
+    assert tracking._with_retries(action, delay_s=0) == "logged"
+    assert len(calls) == 3
+
+
+def test_an_error_that_is_no_race_is_raised_at_once():
+    from mlflow.exceptions import MlflowException
+
+    calls = []
+
+    def action():
+        calls.append(1)
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: Run 'abc' not found")
+
+    with pytest.raises(MlflowException, match="not found"):
+        tracking._with_retries(action, delay_s=0)
+    assert len(calls) == 1
+
+
+def test_a_race_that_persists_is_raised_after_the_last_attempt():
+    from mlflow.exceptions import MlflowException
+
+    calls = []
+
+    def action():
+        calls.append(1)
+        raise MlflowException("duplicate key value violates unique constraint")
+
+    with pytest.raises(MlflowException, match="duplicate key"):
+        tracking._with_retries(action, attempts=3, delay_s=0)
+    assert len(calls) == 3

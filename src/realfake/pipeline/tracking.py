@@ -61,14 +61,26 @@ def _store_problem(uri: str, exc: BaseException) -> TrackingStoreError:
     return stores.problem(uri, exc)
 
 
+# Errors of two experiments writing one store at once that a retry resolves: a locked SQLite file, and two inserts
+# of the same row (MLflow creates a shared dataset, e.g. the test split, with a check-then-insert that races: the loser
+# gets PostgreSQL's "duplicate key" or SQLite's "UNIQUE constraint failed", and on retry finds the row).
+RETRYABLE_STORE_ERRORS = ("locked", "duplicate key", "unique constraint")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether `exc` is a concurrent-writer race that the same request, repeated, gets past."""
+    text = str(exc).lower()
+    return any(marker in text for marker in RETRYABLE_STORE_ERRORS)
+
+
 def _with_retries(action, *, attempts: int = 5, delay_s: float = 1.0):
-    """Two queued experiments share one sqlite file; a locked database is worth a few retries."""
+    """Queued experiments share one store; a race with another writer is worth a few retries (`is_retryable`)."""
     for attempt in range(attempts):
         try:
             with process.shielded():
                 return action()
-        except Exception as exc:  # sqlite "database is locked" surfaces as several MLflow exception types
-            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+        except Exception as exc:  # the same race surfaces as several MLflow exception types
+            if not is_retryable(exc) or attempt == attempts - 1:
                 raise
             log.warning("MLflow store busy; retrying (%s)", str(exc).splitlines()[0][:200])
             time.sleep(delay_s * (attempt + 1))
