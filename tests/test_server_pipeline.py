@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_server import running_server, server_tmp_dir, skip_unless_available, start_mlflow, stop_mlflow
 from stage_helpers import REPO, copy_repo, sh, tiny_params, write_params, write_prepared
-from test_queue import assert_all_succeeded, stop_workers, wait_for_queue
+from test_queue import assert_all_succeeded, start_queue, stop_workers, wait_for_queue
 
 from realfake.pipeline import tracking
 
@@ -22,6 +22,7 @@ pytestmark = pytest.mark.server
 EXPERIMENTS = {"srv-seed1": 1, "srv-seed2": 2}
 TARGETS = ["train@fast", "evaluate@fast"]
 STAGES = ["download", "prepare", "train", "evaluate"]
+QUEUE_TIMEOUT_S = 1500  # two tiny train+evaluate runs at once on 2 shared cores, each logging to the server
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,8 @@ def test_two_queued_experiments_log_everything_to_the_server(server, tmp_path, c
         for name, seed in EXPERIMENTS.items():
             sh(sys.executable, "-m", "dvc", "exp", "run", "--queue", *TARGETS, "-n", name, "-S", f"base.seed={seed}",
                cwd=work, env=env)  # fmt: skip
-        sh(sys.executable, "-m", "dvc", "queue", "start", "-j", "2", cwd=work, env=env)
-        status = wait_for_queue(work, env)
+        start_queue(work, env)
+        status = wait_for_queue(work, env, timeout_s=QUEUE_TIMEOUT_S)
         assert_all_succeeded(work, env, status)
     finally:
         stop_workers(work, env)
