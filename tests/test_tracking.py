@@ -266,6 +266,20 @@ def test_the_end_of_a_run_says_whether_the_store_took_it(mlflow_uri, tmp_path, m
     assert "could not be marked KILLED" in ending and "marks it FAILED" in ending
 
 
+def store_action(error: str, calls: list, fails: int | None = None):
+    """An MLflow store write that raises MlflowException(error) on its first `fails` calls (all, if None), then
+    returns "logged"; each call is appended to `calls`."""
+    from mlflow.exceptions import MlflowException
+
+    def action():
+        calls.append(1)
+        if fails is None or len(calls) <= fails:
+            raise MlflowException(error)
+        return "logged"
+
+    return action
+
+
 @pytest.mark.parametrize(
     "race",
     [
@@ -275,17 +289,8 @@ def test_the_end_of_a_run_says_whether_the_store_took_it(mlflow_uri, tmp_path, m
     ],
 )
 def test_a_race_with_another_writer_is_retried_until_it_passes(race):
-    from mlflow.exceptions import MlflowException
-
     calls = []
-
-    def action():
-        calls.append(1)
-        if len(calls) < 3:
-            raise MlflowException(race)
-        return "logged"
-
-    assert tracking._with_retries(action, delay_s=0) == "logged"
+    assert tracking._with_retries(store_action(race, calls, fails=2), delay_s=0) == "logged"
     assert len(calls) == 3
 
 
@@ -293,13 +298,8 @@ def test_an_error_that_is_no_race_is_raised_at_once():
     from mlflow.exceptions import MlflowException
 
     calls = []
-
-    def action():
-        calls.append(1)
-        raise MlflowException("RESOURCE_DOES_NOT_EXIST: Run 'abc' not found")
-
     with pytest.raises(MlflowException, match="not found"):
-        tracking._with_retries(action, delay_s=0)
+        tracking._with_retries(store_action("RESOURCE_DOES_NOT_EXIST: Run 'abc' not found", calls), delay_s=0)
     assert len(calls) == 1
 
 
@@ -307,11 +307,8 @@ def test_a_race_that_persists_is_raised_after_the_last_attempt():
     from mlflow.exceptions import MlflowException
 
     calls = []
-
-    def action():
-        calls.append(1)
-        raise MlflowException("duplicate key value violates unique constraint")
-
     with pytest.raises(MlflowException, match="duplicate key"):
-        tracking._with_retries(action, attempts=3, delay_s=0)
+        tracking._with_retries(
+            store_action("duplicate key value violates unique constraint", calls), attempts=3, delay_s=0
+        )
     assert len(calls) == 3
