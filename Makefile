@@ -9,7 +9,7 @@ RECIPE ?= cpu-quick
 SEEDS ?=
 SET ?=
 MODEL ?= fast_robust
-SHIP_RECIPE ?= fast-robust-60min
+SHIP_RECIPE ?= fast-robust-long
 
 .PHONY: repro test test-slow test-scaling lint format plots exp record results compare ship mlflow-server \
 	mlflow-server-stop bench gpu-prep clean-state
@@ -67,7 +67,7 @@ results: $(VENV)/.installed  # docs/results.md and the README's results table, f
 compare: $(VENV)/.installed-run  # one row per DVC experiment: changed params, headline metrics (< 120 columns)
 	$(BIN)/python -m realfake.pipeline.compare
 
-# make ship [MODEL=fast_robust] [SHIP_RECIPE=fast-robust-60min]: that model of the recipe's seed-42 experiment into
+# make ship [MODEL=fast_robust] [SHIP_RECIPE=fast-robust-long]: that model of the recipe's seed-42 experiment into
 # the package as the default detector (serving/detector/<recipe>/: <model>.keras, .detector.npz, .onnx, its card);
 # the other shipped detectors stay; refuses to put another model into a recipe's folder
 ship: $(VENV)/.installed

@@ -31,7 +31,7 @@ def _limits_of_degradation(params: Mapping) -> str:
             "  they cost a detector trained on clean images (see the robustness row), for some clean accuracy."
         )
     return ("Blur and downscaling remove the high-frequency cues it relies on (see the robustness row);\n"
-            "  the `fast-robust-60min` recipe trains a detector for such inputs.")  # fmt: skip
+            "  the `fast-robust-long` recipe trains a detector for such inputs.")  # fmt: skip
 
 
 def model_card(card: Mapping) -> str:
