@@ -823,6 +823,9 @@ def test_ctrl_c_in_the_middle_of_a_folder_exits_130_with_one_line(models, tmp_pa
         [sys.executable, "-m", "realfake.serving.cli", "predict", str(folder), "--model", str(models["colour_onnx"]),
          "--batch-size", "1", "--format", "json"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a shell's background job inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler:
+        # the child gets Ctrl-C as a terminal's foreground job would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     process.stdout.readline()  # results are coming: it is in the middle of the folder (and nobody reads on)
     time.sleep(0.3)
