@@ -819,14 +819,18 @@ def test_ctrl_c_in_the_middle_of_a_folder_exits_130_with_one_line(models, tmp_pa
     rng = np.random.default_rng(2)
     for i in range(3000):
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i:05}.png")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "realfake.serving.cli", "predict", str(folder), "--model", str(models["colour_onnx"]),
-         "--batch-size", "1", "--format", "json"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        # a shell's background job inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler:
-        # the child gets Ctrl-C as a terminal's foreground job would
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )  # fmt: skip
+    # a shell's background job inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler; a
+    # handled (not ignored) SIGINT here is reset to the default at exec, so the child gets Ctrl-C as a terminal's
+    # foreground job would (without preexec_fn, which is unsafe in a process with threads)
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "realfake.serving.cli", "predict", str(folder), "--model",
+             str(models["colour_onnx"]), "--batch-size", "1", "--format", "json"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     process.stdout.readline()  # results are coming: it is in the middle of the folder (and nobody reads on)
     time.sleep(0.3)
     process.send_signal(signal.SIGINT)
