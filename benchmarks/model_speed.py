@@ -1,13 +1,17 @@
 """Benchmark: training images/s of candidate networks on this CPU, with and without XLA (design aid for `fast`).
 
-    .venv/bin/python benchmarks/model_speed.py [--variants cnn fast vgg288 ...] [--batch 256] [--jit 0 1]
+    .venv/bin/python benchmarks/model_speed.py [--variants cnn fast fast_nchw vgg288 ...] [--batch 256] [--jit 0 1]
         [--dtype-policy float32 mixed_bfloat16]
+    KERAS_BACKEND=jax PYTHONPATH=<dir with jax> .venv/bin/python benchmarks/model_speed.py --variants fast --jit 1
 
 Each variant trains one epoch of 20,000 random uint8 images (speed does not depend on the pixels) through
 `training.inputs.Batches`, after 5 untimed steps; images/s counts steps 5..end. Every (variant, jit) pair runs in a
 fresh process so no compiled function or thread pool carries over. Prints one JSON line per measurement.
 `--dtype-policy` sets Keras' global dtype policy before the model is built (mixed_bfloat16: bfloat16 compute,
-float32 weights; CPUs with AMX run bfloat16 convolutions in hardware).
+float32 weights; CPUs with AMX run bfloat16 convolutions in hardware). `fast_nchw` is `fast` with its convolutions,
+pooling and BatchNorm in the channels-first layout (the same weights, transposed once after space-to-depth), to
+measure the layout alone. The Keras backend is the environment's (`KERAS_BACKEND`); each line names it. Under JAX
+`--jit 0` would run eagerly, so only `--jit 1` is meaningful there.
 """
 
 from __future__ import annotations
@@ -36,6 +40,25 @@ FAST_VARIANTS = {
 }
 
 
+def build_fast_channels_first(*, stage_filters, seed: int):
+    """`fast` (no TTA) with every layer after space-to-depth in the channels-first layout: the layout's cost alone."""
+    import keras
+    from keras import layers
+
+    from realfake.models.layers import SpaceToDepth
+
+    first = "channels_first"
+    body = [layers.Rescaling(1.0 / 127.5, offset=-1.0), SpaceToDepth(2), layers.Permute((3, 1, 2))]
+    for stage, filters in enumerate(stage_filters):
+        if stage:
+            body.append(layers.MaxPooling2D(2, data_format=first))
+        body += [layers.Conv2D(filters, 3, padding="same", use_bias=False, data_format=first),
+                 layers.BatchNormalization(axis=1), layers.ReLU()]  # fmt: skip
+    head = [layers.GlobalAveragePooling2D(data_format=first), layers.Dropout(0.1, seed=seed),
+            layers.Dense(1, activation="sigmoid")]  # fmt: skip
+    return keras.Sequential([keras.Input(shape=(32, 32, 3)), *body, *head], name="fast_nchw")
+
+
 def measure(variant: str, *, jit: bool, batch: int, dtype_policy: str, images: int = 20000, warmup: int = 5) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, str(REPO / "src"))
@@ -55,6 +78,8 @@ def measure(variant: str, *, jit: bool, batch: int, dtype_policy: str, images: i
     if variant == "cnn":
         model = build_cnn(input_shape=(32, 32, 3), conv_filters=(32, 64), kernel_size=3, pool_size=2,
                                  dense_units=64)  # fmt: skip
+    elif variant == "fast_nchw":
+        model = build_fast_channels_first(stage_filters=FAST_VARIANTS["fast"]["stage_filters"], seed=0)
     else:
         model = build_fast(input_shape=(32, 32, 3), dropout=0.1, flip_tta=False, tta_max_shift=0, seed=0,
                                   **FAST_VARIANTS[variant])  # fmt: skip
@@ -70,6 +95,7 @@ def measure(variant: str, *, jit: bool, batch: int, dtype_policy: str, images: i
     timed = len(ends) - warmup
     return {
         "variant": variant,
+        "backend": keras.backend.backend(),
         "jit_compile": jit,
         "dtype_policy": dtype_policy,
         "batch": batch,
@@ -80,7 +106,7 @@ def measure(variant: str, *, jit: bool, batch: int, dtype_policy: str, images: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", default=["cnn", *FAST_VARIANTS])
+    parser.add_argument("--variants", nargs="+", default=["cnn", *FAST_VARIANTS, "fast_nchw"])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--jit", type=int, nargs="+", default=[0, 1], choices=[0, 1])
     parser.add_argument("--dtype-policy", nargs="+", default=["float32"], choices=["float32", "mixed_bfloat16"])
