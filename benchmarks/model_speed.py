@@ -9,9 +9,9 @@ Each variant trains one epoch of 20,000 random uint8 images (speed does not depe
 fresh process so no compiled function or thread pool carries over. Prints one JSON line per measurement.
 `--dtype-policy` sets Keras' global dtype policy before the model is built (mixed_bfloat16: bfloat16 compute,
 float32 weights; CPUs with AMX run bfloat16 convolutions in hardware). `fast_nchw` is `fast` with its convolutions,
-pooling and BatchNorm in the channels-first layout (the same weights, transposed once after space-to-depth), to
-measure the layout alone. The Keras backend is the environment's (`KERAS_BACKEND`); each line names it. Under JAX
-`--jit 0` would run eagerly, so only `--jit 1` is meaningful there.
+pooling and BatchNorm in the channels-first layout (the same layers and parameter count; the activations are
+transposed once after space-to-depth), to measure the layout alone. The Keras backend is the environment's
+(`KERAS_BACKEND`); each line names it. Under JAX `--jit 0` would run eagerly, so only `--jit 1` is meaningful there.
 """
 
 from __future__ import annotations
